@@ -1,0 +1,61 @@
+"""Human-readable tables of what kdzoo has (``kdzoo list ...``)."""
+from __future__ import annotations
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def describe_models() -> str:
+    from .models import create_model, list_models
+    from .models.features import count_parameters
+    from .models.registry import MODEL_FAMILIES
+
+    rows = []
+    for name in list_models():
+        model = create_model(name, num_classes=10)
+        stages = "/".join(str(model.feature_info[p].channels) for p in model.feature_info
+                          if p.startswith("stage") and not p.endswith("_pre"))
+        rows.append([name, MODEL_FAMILIES.get(name, ""), f"{count_parameters(model):,}",
+                     f"{count_parameters(create_model(name, num_classes=100)):,}", stages])
+    return _table(["model", "family", "params (10 cl.)", "params (100 cl.)", "stage widths"],
+                  rows)
+
+
+def describe_methods() -> str:
+    from .methods import METHODS, method_defaults
+
+    rows = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        defaults = ", ".join(f"{k}={v}" for k, v in method_defaults(name).items()) or "-"
+        rows.append([name, cls.paper, defaults, cls.url])
+    return _table(["method", "paper", "defaults", "link"], rows)
+
+
+def describe_datasets() -> str:
+    from .data.base import DATASETS
+
+    rows = [[n, DATASETS.get(n).description, DATASETS.get(n).how_to_get] for n in DATASETS.names()]
+    return _table(["dataset", "what", "how to get it"], rows)
+
+
+def describe_presets() -> str:
+    from .config import list_presets, load_preset
+
+    rows = []
+    for name in list_presets():
+        o = load_preset(name).get("optim", {})
+        rows.append([name, str(o.get("epochs")), str(o.get("batch_size")), str(o.get("lr")),
+                     str(o.get("milestones")), str(o.get("weight_decay")), str(o.get("nesterov"))])
+    return _table(["preset", "epochs", "batch", "lr", "milestones", "weight decay", "nesterov"],
+                  rows)
+
+
+def describe(what: str) -> str:
+    return {"models": describe_models, "methods": describe_methods,
+            "datasets": describe_datasets, "presets": describe_presets}[what]()

@@ -1,0 +1,216 @@
+"""The ``kdzoo`` command line. ``main(argv)`` returns the exit status, so tests can call it.
+
+Exit status 0 on success, 2 for bad input: every user error is one line on stderr naming the
+problem and the fix, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import KdzooError
+
+log = logging.getLogger("kdzoo")
+
+
+class UsageError(KdzooError):
+    """Bad command-line syntax (argparse's complaint, as one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _add_train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a network, or distil a teacher into a student",
+                       description="Train a student with a distillation method. Flags override "
+                                   "--config, which overrides --preset; --set key=value "
+                                   "overrides everything.")
+    p.add_argument("--method", help="distillation method (`kdzoo list methods`); default baseline")
+    p.add_argument("--teacher", help="teacher model name")
+    p.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's trained weights")
+    p.add_argument("--untrained-teacher", action="store_true",
+                   help="allow a teacher without a checkpoint (smoke tests, benchmarks)")
+    p.add_argument("--student", help="student model name (default resnet20)")
+    p.add_argument("--student-init", metavar="FILE",
+                   help="initial student weights (default: seeded from model, classes and seed)")
+    p.add_argument("--data", help="dataset (`kdzoo list datasets`); default digits")
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset's files are")
+    p.add_argument("--download", action="store_true", help="download the dataset if missing")
+    p.add_argument("--preset", help="training recipe: reference (default) or repdistiller")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<names>-s<seed>)")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML config file")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set method.temperature=3 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run files of an existing --out folder")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow checkpoints that need full unpickling (only for files you trust)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys given as flags (flags not given do not override anything)."""
+    flags = {
+        ("method", "name"): args.method,
+        ("teacher", "name"): args.teacher,
+        ("teacher", "checkpoint"): args.teacher_checkpoint,
+        ("teacher", "untrained"): args.untrained_teacher or None,
+        ("student", "name"): args.student,
+        ("student", "init"): args.student_init,
+        ("data", "name"): args.data,
+        ("data", "data_dir"): args.data_dir,
+        ("data", "download"): args.download or None,
+        ("optim", "epochs"): args.epochs,
+        ("optim", "batch_size"): args.batch_size,
+        ("optim", "lr"): args.lr,
+        ("preset",): args.preset,
+        ("seed",): args.seed,
+        ("device",): args.device,
+        ("out",): args.out,
+        ("trust_checkpoint",): args.trust_checkpoint or None,
+    }
+    overrides: dict[str, Any] = {}
+    for path, value in flags.items():
+        if value is None:
+            continue
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .engine import fit
+
+    config = resolve_config(args.config, _train_overrides(args), args.assignments)
+    result = fit(config, resume=args.resume, overwrite=args.overwrite,
+                 progress=False if args.no_progress else None)
+    s = result.summary
+    log.info("done: best test top-1 %.2f%% (epoch %s), last %.2f%%; student in %s",
+             s["best_top1"] or 0.0, s["best_top1_epoch"], s["last_top1"] or 0.0,
+             result.path / "student.pt")
+    return 0
+
+
+def _add_eval_parser(sub: Any) -> None:
+    p = sub.add_parser("eval", help="test a trained model on a dataset's test split")
+    p.add_argument("--model", required=True, help="model name (`kdzoo list models`)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="weights: a kdzoo student.pt, a state dict, or a reference zoo / "
+                        "RepDistiller file")
+    p.add_argument("--data", required=True, help="dataset name")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trust-checkpoint", action="store_true")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import BatchLoader, load_dataset
+    from .engine import evaluate
+    from .engine.build import resolve_device
+    from .models import MODELS, create_model
+
+    MODELS.get(args.model)
+    if args.batch_size < 1:
+        raise KdzooError(f"--batch-size must be positive, got {args.batch_size}")
+    device = resolve_device(args.device)
+    data = load_dataset(args.data, args.data_dir, args.download)
+    model = create_model(args.model, num_classes=data.num_classes, in_chans=data.in_chans,
+                         checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
+    result = evaluate(model.to(device), BatchLoader(data, args.batch_size, device))
+    print(f"{args.model} on {args.data} test ({len(data.test_labels)} images): "
+          f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, loss {result['loss']:.4f}")
+    return 0
+
+
+def _add_list_parser(sub: Any) -> None:
+    p = sub.add_parser("list", help="list models, methods, datasets or presets")
+    p.add_argument("what", choices=["models", "methods", "datasets", "presets"])
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .catalog import describe
+
+    print(describe(args.what))
+    return 0
+
+
+def _add_demo_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="a small distillation on the embedded digits data "
+                                    "(teacher, baseline student, distilled student)")
+    p.add_argument("--out", metavar="DIR", default="runs/demo",
+                   help="parent folder of the demo's runs (a fresh one is made if it exists)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, seed=args.seed,
+             progress=False if args.no_progress else None)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "demo": cmd_demo}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kdzoo", description="kdzoo: the knowledge-distillation zoo")
+    parser.add_argument("--version", action="version", version=f"kdzoo {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_train_parser, _add_eval_parser, _add_list_parser, _add_demo_parser):
+        add(sub)
+    return parser
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("kdzoo")
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+    if not any(getattr(h, "_kdzoo_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._kdzoo_console = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the kdzoo command; returns the exit status (0 ok, 2 bad input)."""
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        _setup_logging(args.quiet)
+        return COMMANDS[args.command](args)
+    except KdzooError as exc:
+        print(f"kdzoo: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help and --version exit through argparse
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("kdzoo: interrupted; resume the run with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Batches of an in-memory dataset, with a reproducible order.
+
+The order and augmentation of epoch ``e`` come from a generator seeded with
+``derive_seed(seed, "data", e)``: the same seed gives the same batches, and a run resumed at
+any epoch (or step) continues with exactly the batches the uninterrupted run would have used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from ..seeding import generator
+from .augment import Normalize, crop_flip
+from .base import ImageDataset
+
+
+@dataclass
+class Batch:
+    """One batch as the training loop and the methods see it.
+
+    ``indices`` are positions in the split (CRD's memory bank needs them); ``offsets`` and
+    ``flips`` record the augmentation of each image (None for test batches)."""
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+    offsets: Tensor | None = None
+    flips: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class EpochPlan:
+    """Everything random about one training epoch, drawn up front."""
+
+    order: Tensor    # (N,) permutation of the training set
+    offsets: Tensor  # (N, 2) crop corners, aligned with ``order``
+    flips: Tensor | None
+
+
+def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """Batch (start, end) pairs; a last batch of a single image is merged into the one before,
+    since BatchNorm cannot train on one sample."""
+    bounds = [(s, min(s + batch_size, count)) for s in range(0, count, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], count)]
+    return bounds
+
+
+class BatchLoader:
+    """Cuts, augments and normalises batches of ``data`` on ``device``."""
+
+    def __init__(self, data: ImageDataset, batch_size: int, device: torch.device | str = "cpu",
+                 channels_last: bool = False, eval_batch_size: int | None = None) -> None:
+        self.data = data.to(device)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.normalize = Normalize(data.mean, data.std, device)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(batch_bounds(len(self.data.train_labels), self.batch_size))
+
+    def epoch_plan(self, seed: int, epoch: int) -> EpochPlan:
+        count, spec = len(self.data.train_labels), self.data.augment
+        gen = generator(seed, "data", epoch)
+        order = torch.randperm(count, generator=gen)
+        offsets = torch.randint(0, 2 * spec.pad + 1, (count, 2), generator=gen)
+        flips = torch.rand(count, generator=gen) < 0.5 if spec.flip else None
+        return EpochPlan(order, offsets, flips)
+
+    def _finish(self, images: Tensor) -> Tensor:
+        images = self.normalize(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def train_batches(self, seed: int, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """The augmented training batches of ``epoch`` (1-based), from ``start_step`` on."""
+        plan = self.epoch_plan(seed, epoch)
+        pad = self.data.augment.pad
+        bounds = batch_bounds(len(plan.order), self.batch_size)
+        for start, end in bounds[start_step:]:
+            index = plan.order[start:end].to(self.device)
+            offsets = plan.offsets[start:end].to(self.device)
+            flips = plan.flips[start:end].to(self.device) if plan.flips is not None else None
+            raw = self.data.train_images[index]
+            if pad or flips is not None:
+                raw = crop_flip(raw, offsets, flips, pad)
+            yield Batch(self._finish(raw), self.data.train_labels[index], index, offsets, flips)
+
+    def test_batches(self) -> Iterator[Batch]:
+        """The test set in order, unaugmented."""
+        count = len(self.data.test_labels)
+        for start, end in batch_bounds(count, self.eval_batch_size):
+            index = torch.arange(start, end, device=self.device)
+            yield Batch(self._finish(self.data.test_images[start:end]),
+                        self.data.test_labels[start:end], index)

@@ -1,0 +1,25 @@
+"""The one training loop, its run folder, checkpoints and evaluation."""
+from .api import RunResult, default_out, fit
+from .build import Components, build, freeze
+from .evaluate import evaluate
+from .rundir import RunDir, read_metrics, read_summary
+from .schedule import Cosine, MultiStep, Piecewise, build_schedule
+from .trainer import Trainer
+
+__all__ = [
+    "Components",
+    "Cosine",
+    "MultiStep",
+    "Piecewise",
+    "RunDir",
+    "RunResult",
+    "Trainer",
+    "build",
+    "build_schedule",
+    "default_out",
+    "evaluate",
+    "fit",
+    "freeze",
+    "read_metrics",
+    "read_summary",
+]

@@ -1,0 +1,62 @@
+"""``fit``: run one training or distillation from a config, writing its run folder."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..models import FeatureNet
+from .build import build
+from .rundir import LOG, RunDir
+from .trainer import Trainer
+
+log = logging.getLogger("kdzoo")
+
+
+@dataclass
+class RunResult:
+    """What :func:`fit` returns: the summary (as in summary.json), the run folder, and the
+    trained student (on the training device)."""
+
+    summary: dict[str, Any]
+    path: Path
+    student: FeatureNet
+
+
+def default_out(config: TrainConfig, resume: bool = False) -> Path:
+    """runs/<method>-<teacher>-<student>-<data>-s<seed>, with -2, -3 ... added if taken."""
+    teacher = f"{config.teacher.name}-" if config.teacher.name else ""
+    base = Path("runs") / f"{config.method.name}-{teacher}{config.student.name}-" \
+                          f"{config.data.name}-s{config.seed}"
+    if resume:
+        return base
+    path, index = base, 2
+    while path.exists():
+        path, index = base.with_name(f"{base.name}-{index}"), index + 1
+    return path
+
+
+def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+        progress: bool | None = None) -> RunResult:
+    """Train ``config.student`` (distilled from ``config.teacher`` by ``config.method``) and
+    write the run folder ``config.out``. Bad input raises :class:`~kdzoo.errors.KdzooError`
+    before anything is written; ``resume`` continues the run in ``config.out`` from its last
+    checkpoint; ``overwrite`` replaces the kdzoo files of an existing folder."""
+    out = Path(config.out) if config.out else default_out(config, resume)
+    RunDir.check(out, resume, overwrite)  # fail fast, before loading any data
+    parts = build(config)
+    run = RunDir.prepare(out, resume, overwrite)
+    handler = logging.FileHandler(run / LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    try:
+        log.info("run folder %s: %s %s -> %s on %s, seed %d", run.path, config.method.name,
+                 config.teacher.name if parts.teacher is not None else "(no teacher)",
+                 config.student.name, config.data.name, config.seed)
+        summary = Trainer(parts, run, progress).fit(resume=resume)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    return RunResult(summary, run.path, parts.student)

@@ -1,0 +1,102 @@
+"""A run is a folder: the resolved config, per-epoch metrics, the summary, the exported student
+and a checkpoint to resume from. This module decides what may be written where: an existing run
+is never overwritten unless the user asks (``--overwrite``) or continues it (``--resume``)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import KdzooError
+from ..io import atomic_write_json, atomic_write_text
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+STUDENT = "student.pt"
+PEER = "peer.pt"
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.txt"
+RUN_FILES = (CONFIG, METRICS, SUMMARY, STUDENT, PEER, CHECKPOINT, LOG)
+
+
+class RunDir:
+    """Paths and writers of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @staticmethod
+    def check(path: str | Path, resume: bool = False, overwrite: bool = False) -> None:
+        """Refuse a folder we may not write to, before anything is built or written."""
+        path = Path(path)
+        if resume:
+            if not (path / CHECKPOINT).is_file():
+                raise KdzooError(f"nothing to resume in {path}: it has no {CHECKPOINT}; start the "
+                                 "run without --resume")
+            return
+        if path.exists() and not path.is_dir():
+            raise KdzooError(f"output path {path} is a file, not a folder: choose another --out")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise KdzooError(
+                f"output folder {path} already exists and is not empty: choose another --out, "
+                "add --resume to continue the run in it, or --overwrite to replace its run files"
+            )
+        existing = next((p for p in [path, *path.parents] if p.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise KdzooError(f"cannot write to output folder {path} ({existing} is not writable):"
+                             " choose another --out")
+
+    @classmethod
+    def prepare(cls, path: str | Path, resume: bool = False, overwrite: bool = False) -> "RunDir":
+        """Create (or reopen) the folder; with ``overwrite``, remove only kdzoo's own files."""
+        cls.check(path, resume, overwrite)
+        run = cls(path)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+            if overwrite and not resume:
+                for name in RUN_FILES:
+                    (run.path / name).unlink(missing_ok=True)
+            with tempfile.TemporaryFile(dir=run.path):
+                pass
+        except OSError as exc:
+            raise KdzooError(f"cannot write to output folder {path} ({exc.strerror or exc}): "
+                             "choose another --out") from None
+        return run
+
+    def write_config(self, text: str) -> None:
+        atomic_write_text(self / CONFIG, text)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self / SUMMARY, summary)
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.jsonl from the full history (atomic; used when resuming)."""
+        atomic_write_text(self / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self / METRICS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run folder (or of a metrics.jsonl file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / SUMMARY
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

@@ -1,0 +1,92 @@
+"""What a run's checkpoint holds, and how a run is restored from it.
+
+Everything that decides what happens next is saved: student, method (connectors, memory
+banks), optimisers (momentum), stage and epoch counters, torch's RNG states and the metrics
+history. The data order needs no saving: it is a pure function of (seed, epoch), see
+:mod:`kdzoo.data.loader`.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import KdzooError
+from ..models.checkpoint import read_checkpoint_file
+from .rundir import CHECKPOINT
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+RUN_FORMAT = "kdzoo-run/1"
+#: config keys that may differ between a run and its resumption (they do not change results)
+RUNTIME_KEYS = {"device", "out", "log_interval", "eval_batch_size", "trust_checkpoint"}
+
+
+def run_state(trainer: "Trainer", wall_seconds: float) -> dict[str, Any]:
+    parts = trainer.parts
+    optimizers = dict(trainer.saved_optimizer_states)
+    optimizers.update({name: opt.state_dict() for name, opt in trainer.optimizers.items()})
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "kdzoo_format": RUN_FORMAT,
+        "config": parts.config.to_dict(),
+        "stage_index": trainer.stage_index,
+        "stage_epoch": trainer.stage_epoch,
+        "global_epoch": trainer.global_epoch,
+        "student": parts.student.state_dict(),
+        "method": parts.method.state_dict(),
+        "optimizers": optimizers,
+        "rng": rng,
+        "history": trainer.history,
+        "wall_seconds": wall_seconds,
+    }
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key (saved -> current)`` for every result-changing key that differs."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = sorted(set(old) | set(new))
+    return [f"{k} ({old.get(k)!r} in the run, {new.get(k)!r} now)" for k in keys
+            if k not in RUNTIME_KEYS and old.get(k) != new.get(k)]
+
+
+def load_run_state(trainer: "Trainer") -> None:
+    """Restore ``trainer`` from its run folder's checkpoint (the config must match)."""
+    parts, path = trainer.parts, trainer.run / CHECKPOINT
+    state = read_checkpoint_file(path)
+    if not isinstance(state, dict) or state.get("kdzoo_format") != RUN_FORMAT:
+        raise KdzooError(f"{path} is not a kdzoo run checkpoint; cannot resume from it")
+    differences = config_differences(state["config"], parts.config.to_dict())
+    if differences:
+        raise KdzooError(
+            f"cannot resume {trainer.run.path}: this config differs from the run's in "
+            f"{'; '.join(differences)}; rerun with the run's settings (see its config.yaml) or "
+            "start a new run with another --out"
+        )
+    parts.student.load_state_dict(state["student"])
+    parts.method.load_state_dict(state["method"])
+    trainer.saved_optimizer_states = dict(state["optimizers"])
+    trainer.stage_index = state["stage_index"]
+    trainer.stage_epoch = state["stage_epoch"]
+    trainer.global_epoch = state["global_epoch"]
+    trainer.history = list(state["history"])
+    trainer.wall_before = float(state["wall_seconds"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    for stage in parts.stages[: trainer.stage_index]:
+        parts.method.end_stage(stage)  # re-apply what finishing a stage did (e.g. freezing)
+    trainer.run.write_metrics(trainer.history)  # drop lines written after the checkpoint

@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Every problem a user can cause (a misspelled name, a missing dataset, a checkpoint for another
+network, ...) is raised as a :class:`KdzooError`. The CLI prints its message as one line and exits
+with status 2; library users catch it like any other exception. Anything else is a bug in kdzoo.
+"""
+from __future__ import annotations
+
+
+class KdzooError(Exception):
+    """A problem with the user's input: the message says what is wrong and how to fix it."""
+
+
+class ConfigError(KdzooError):
+    """An invalid configuration value, key or combination."""
+
+
+class CheckpointError(KdzooError):
+    """A checkpoint file that cannot be read or does not fit the model."""
+
+
+class DatasetError(KdzooError):
+    """A dataset that is missing, incomplete or corrupt."""

@@ -1,0 +1,33 @@
+"""Soft targets: Hinton et al.'s knowledge distillation."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .. import functional as KF
+from ..models.features import Feats
+from .base import Method, MethodContext, Step
+from .registry import register_method
+
+
+@register_method("st")
+class SoftTarget(Method):
+    """Soft targets: "Distilling the Knowledge in a Neural Network", Hinton, Vinyals & Dean, NIPS DL
+    Workshop 2014.
+
+    Reference zoo behaviour (kd_losses/st.py): loss = CE + weight * T^2 * KL(p_t || p_s) with
+    'batchmean'; no (1 - alpha) factor on the cross-entropy. T = 4. The default weight 0.1 is the
+    reference's example-script lambda (its argparse default is 1.0).
+    """
+
+    paper = "Distilling the Knowledge in a Neural Network, Hinton et al., NIPS-W 2014"
+    url = "https://arxiv.org/abs/1503.02531"
+
+    def __init__(self, ctx: MethodContext, weight: float = 0.1, temperature: float = 4.0) -> None:
+        super().__init__(ctx)
+        self.weight = weight
+        self.temperature = temperature
+
+    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+        assert teacher is not None
+        loss = KF.soft_target(student["logits"], teacher["logits"], self.temperature)
+        return {"st": self.weight * loss}

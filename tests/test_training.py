@@ -1,0 +1,139 @@
+import pytest
+import torch
+
+import kdzoo
+from kdzoo.engine import RunDir, Trainer, build, fit, read_metrics
+from kdzoo.engine.schedule import Piecewise
+from kdzoo.methods import Method, Stage
+
+
+def state_snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_short_fit_lowers_the_loss(make_config):
+    config = make_config(optim={"epochs": 4}, method={"name": "baseline"})
+    result = fit(config)
+    metrics = read_metrics(result.path)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert metrics[-1]["train_top1"] > metrics[0]["train_top1"]
+
+
+def test_teacher_is_bit_identical_after_distillation(make_config, tmp_path):
+    teacher = kdzoo.create_model("resnet8", num_classes=10)
+    with torch.no_grad():  # non-default BN statistics: a train-mode forward would move them
+        teacher.bn1.running_mean.fill_(0.3)
+    path = tmp_path / "teacher.pt"
+    kdzoo.export_model(teacher, path)
+    config = make_config(teacher={"name": "resnet8", "checkpoint": str(path), "untrained": False})
+    parts = build(config)
+    before = state_snapshot(parts.teacher)
+    Trainer(parts, RunDir.prepare(config.out), progress=False).fit()
+    assert_same_state(before, state_snapshot(parts.teacher))
+    assert not parts.teacher.training
+    assert all(p.grad is None for p in parts.teacher.parameters())
+
+
+def test_same_seed_same_result(make_config, tmp_path):
+    first = fit(make_config(out=str(tmp_path / "a")))
+    second = fit(make_config(out=str(tmp_path / "b")))
+    assert_same_state(first.student.state_dict(), second.student.state_dict())
+    strip = lambda ms: [{k: v for k, v in m.items() if "seconds" not in k and k != "images_per_second"}
+                        for m in ms]
+    assert strip(read_metrics(first.path)) == strip(read_metrics(second.path))
+    other = fit(make_config(out=str(tmp_path / "c"), seed=1))
+    assert not torch.equal(other.student.fc.weight, first.student.fc.weight)
+
+
+def test_every_method_starts_from_the_same_student(make_config):
+    baseline = build(make_config(method={"name": "baseline"}))
+    distilled = build(make_config())
+    assert_same_state(baseline.student.state_dict(), distilled.student.state_dict())
+
+
+def test_student_init_file_is_used(make_config, tmp_path):
+    init = kdzoo.create_model("resnet8", num_classes=10)
+    path = tmp_path / "init.pth"
+    torch.save({"net": init.state_dict()}, path)
+    parts = build(make_config(student={"name": "resnet8", "init": str(path)}))
+    assert torch.equal(parts.student.fc.weight, init.fc.weight)
+
+
+def test_run_folder_contents(make_config):
+    result = fit(make_config())
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "student.pt", "checkpoint.pt",
+                 "log.txt"):
+        assert (result.path / name).is_file(), name
+    summary = result.summary
+    assert summary["finished"] and summary["epochs"] == 2
+    assert summary["teacher_top1"] is not None
+    assert summary["best_top1"] >= summary["last_top1"]
+    record = read_metrics(result.path)[0]
+    for key in ("lr", "loss", "ce", "st", "train_top1", "train_top5", "test_top1", "test_top5",
+                "epoch_seconds", "images_per_second"):
+        assert key in record, key
+    loaded = kdzoo.create_model("resnet8", num_classes=10, checkpoint=result.path / "student.pt")
+    assert torch.equal(loaded.fc.weight, result.student.fc.weight.cpu())
+
+
+def test_resume_equals_uninterrupted(make_config, tmp_path, monkeypatch):
+    config = make_config(optim={"epochs": 3}, out=str(tmp_path / "whole"))
+    whole = fit(config)
+
+    broken = make_config(optim={"epochs": 3}, out=str(tmp_path / "broken"))
+    original = Trainer.train_epoch
+    calls = {"n": 0}
+
+    def crash_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        fit(broken)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert len(read_metrics(broken.out)) == 2
+    resumed = fit(broken, resume=True)
+    assert_same_state(whole.student.state_dict(), resumed.student.state_dict())
+    assert [m["epoch"] for m in read_metrics(resumed.path)] == [1, 2, 3]
+
+
+class TwoStage(Method):
+    """A test method: an initialisation stage (method loss only, its own lr steps), then a
+    cross-entropy-only stage, like FSP and AB."""
+
+    name = "two-stage-test"
+    points = ("stage3",)
+
+    def stages(self, main):
+        init = Stage("init", 3, Piecewise(((2, 0.01), (1, 0.001))), ce_weight=0.0,
+                     evaluate=False)
+        return [init, Stage("main", main.epochs, main.schedule, method_weight=0.0)]
+
+    def forward(self, student, teacher, step):
+        return {"hint": (student["stage3"] - teacher["stage3"]).pow(2).mean()}
+
+
+def test_stages_run_in_order_with_their_lr_and_losses(make_config):
+    config = make_config(optim={"epochs": 2, "lr": 0.1, "milestones": [1]})
+    parts = build(config)
+    parts.method = TwoStage(parts.method.ctx)
+    parts.stages = parts.method.stages(parts.stages[0])
+    Trainer(parts, RunDir.prepare(config.out), progress=False).fit()
+    metrics = read_metrics(config.out)
+    assert [(m["stage"], m["stage_epoch"]) for m in metrics] == [
+        ("init", 1), ("init", 2), ("init", 3), ("main", 1), ("main", 2)]
+    assert [m["lr"] for m in metrics] == pytest.approx([0.01, 0.01, 0.001, 0.1, 0.01])
+    assert all(m["ce"] == 0 and m["hint"] > 0 for m in metrics[:3])
+    assert all("hint" not in m and m["ce"] > 0 for m in metrics[3:])
+    assert all("test_top1" not in m for m in metrics[:3])
+    assert all("test_top1" in m for m in metrics[3:])
