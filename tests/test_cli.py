@@ -103,3 +103,14 @@ def test_full_demo_within_three_minutes(tmp_path, capsys):
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--no-progress")
     assert code == 0 and time.perf_counter() - start < 180
     assert "student, st" in out
+
+
+def test_list_methods_shows_every_method_with_its_paper(capsys):
+    import kdzoo
+    from kdzoo.methods import get_method_class
+
+    code, out, _ = run(capsys, "list", "methods")
+    assert code == 0
+    for name in kdzoo.list_methods():
+        line = next(l for l in out.splitlines() if l.split()[0] == name)
+        assert get_method_class(name).paper in line

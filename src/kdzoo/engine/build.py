@@ -66,7 +66,9 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"method {config.method.name} needs a teacher: pass --teacher NAME "
                               "--teacher-checkpoint FILE")
         MODELS.get(config.teacher.name)
-        if config.teacher.checkpoint is None and not config.teacher.untrained:
+        peer_from_scratch = method_cls.trains_teacher  # DML's peer may start untrained
+        if config.teacher.checkpoint is None and not (config.teacher.untrained or
+                                                      peer_from_scratch):
             raise ConfigError(
                 f"method {config.method.name} needs a trained teacher: pass --teacher-checkpoint "
                 f"FILE (train one with `kdzoo train --method baseline --student "
@@ -100,11 +102,14 @@ def build_teacher(config: TrainConfig, data: ImageDataset,
         return None
     name = config.teacher.name
     assert name is not None  # validate_config checked it
-    with seeded("teacher-init", name, data.num_classes, data.in_chans, config.seed):
+    # A peer trained alongside the student (DML) must not start from the student's weights
+    # when both are the same model, so its seed stream differs from the student's.
+    role = "peer-init" if method_cls.trains_teacher else "teacher-init"
+    with seeded(role, name, data.num_classes, data.in_chans, config.seed):
         teacher = create_model(name, num_classes=data.num_classes, in_chans=data.in_chans,
                                checkpoint=config.teacher.checkpoint,
                                trust_checkpoint=config.trust_checkpoint)
-    return freeze(teacher)
+    return teacher if method_cls.trains_teacher else freeze(teacher)
 
 
 def check_feature_points(method_cls: type[Method], student: FeatureNet,
@@ -139,6 +144,7 @@ def build(config: TrainConfig) -> Components:
         image_size=data.image_size,
         in_chans=data.in_chans,
         train_labels=data.train_labels,
+        data_name=data.name,
         seed=config.seed,
     )
     with seeded("method-init", config.method.name, config.seed):

@@ -38,6 +38,8 @@ def run_state(trainer: "Trainer", wall_seconds: float) -> dict[str, Any]:
         "global_epoch": trainer.global_epoch,
         "student": parts.student.state_dict(),
         "method": parts.method.state_dict(),
+        "peer": parts.teacher.state_dict() if parts.method.trains_teacher and parts.teacher
+        is not None else None,
         "optimizers": optimizers,
         "rng": rng,
         "history": trainer.history,
@@ -78,6 +80,8 @@ def load_run_state(trainer: "Trainer") -> None:
         )
     parts.student.load_state_dict(state["student"])
     parts.method.load_state_dict(state["method"])
+    if state.get("peer") is not None and parts.teacher is not None:
+        parts.teacher.load_state_dict(state["peer"])
     trainer.saved_optimizer_states = dict(state["optimizers"])
     trainer.stage_index = state["stage_index"]
     trainer.stage_epoch = state["stage_epoch"]

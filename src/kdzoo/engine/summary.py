@@ -31,6 +31,13 @@ def make_summary(trainer: "Trainer", wall_seconds: float, finished: bool) -> dic
     best_top1, best_top1_epoch = _best(history, "test_top1")
     best_top5, best_top5_epoch = _best(history, "test_top5")
     teacher = trainer.teacher_eval or {}
+    peer = {}
+    if parts.method.trains_teacher:
+        peer_best, peer_best_epoch = _best(history, "peer_test_top1")
+        peer = {"peer": config.teacher.name, "peer_best_top1": peer_best,
+                "peer_best_top1_epoch": peer_best_epoch,
+                "peer_last_top1": last.get("peer_test_top1"),
+                "peer_last_top5": last.get("peer_test_top5")}
     return {
         "method": config.method.name,
         "student": config.student.name,
@@ -48,6 +55,7 @@ def make_summary(trainer: "Trainer", wall_seconds: float, finished: bool) -> dic
         "last_epoch": last.get("epoch"),
         "teacher_top1": teacher.get("top1"),
         "teacher_top5": teacher.get("top5"),
+        **peer,
         "student_parameters": count_parameters(parts.student),
         "method_parameters": count_parameters(parts.method),
         "wall_seconds": wall_seconds,

@@ -25,12 +25,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..errors import KdzooError
+from ..data.loader import Batch
 from ..io import atomic_torch_save
 from ..methods import Stage, Step
 from ..models import export_model
 from .build import Components
 from .evaluate import evaluate, topk_correct
-from .rundir import CHECKPOINT, STUDENT, RunDir
+from .rundir import CHECKPOINT, PEER, STUDENT, RunDir
 from .state import load_run_state, run_state
 from .summary import make_summary
 
@@ -60,79 +61,126 @@ class Trainer:
             return method_params
         return list(self.parts.student.parameters()) + method_params
 
-    def optimizer(self, stage: Stage) -> torch.optim.Optimizer:
-        """The stage's optimiser; stages naming the same one share it (momentum included)."""
-        if stage.optimizer not in self.optimizers:
+    def _make_optimizer(self, name: str, params: list[torch.nn.Parameter],
+                        overrides: dict[str, Any]) -> torch.optim.Optimizer:
+        if name not in self.optimizers:
             optim = self.parts.config.optim
             settings = {"lr": optim.lr, "momentum": optim.momentum,
                         "weight_decay": optim.weight_decay, "nesterov": optim.nesterov,
-                        **stage.optimizer_settings}
-            opt = torch.optim.SGD(self._parameters(stage), **settings)
-            if stage.optimizer in self.saved_optimizer_states:
-                opt.load_state_dict(self.saved_optimizer_states.pop(stage.optimizer))
-            self.optimizers[stage.optimizer] = opt
-        return self.optimizers[stage.optimizer]
+                        **overrides}
+            opt = torch.optim.SGD(params, **settings)
+            if name in self.saved_optimizer_states:
+                opt.load_state_dict(self.saved_optimizer_states.pop(name))
+            self.optimizers[name] = opt
+        return self.optimizers[name]
+
+    def stage_optimizers(self, stage: Stage) -> list[torch.optim.Optimizer]:
+        """The stage's optimiser (stages naming the same one share it, momentum included) and,
+        for mutual learning, the peer's: two optimisers stepped together, as in DML."""
+        optimizers = [self._make_optimizer(stage.optimizer, self._parameters(stage),
+                                           stage.optimizer_settings)]
+        if self.parts.method.trains_teacher and stage.trainable != "method":
+            assert self.parts.teacher is not None
+            optimizers.append(self._make_optimizer("peer", list(self.parts.teacher.parameters()),
+                                                   stage.optimizer_settings))
+        return optimizers
 
     # -------------------------------------------------------------------------------- forward
     def teacher_features(self, images: Tensor) -> dict[str, Tensor] | None:
         teacher, method = self.parts.teacher, self.parts.method
         if teacher is None:
             return None
+        if method.trains_teacher:  # a peer: trained, so it runs with autograd
+            return teacher.forward_features(images)
         points = method.required_teacher_points()
         if method.needs_input_grad:  # gradients w.r.t. the input flow through the frozen teacher
             return teacher.forward_features(images, points)
         with torch.no_grad():
             return teacher.forward_features(images, points)
 
+    def step_terms(self, batch: Batch, stage: Stage, epoch: int,
+                   step_index: int) -> tuple[dict[str, Tensor], Tensor | None]:
+        """The named loss terms of one batch, and the student's logits (None if not run)."""
+        parts, method = self.parts, self.parts.method
+        images = batch.images
+        if method.needs_input_grad:
+            images = images.requires_grad_(True)
+        use_method = stage.method_weight != 0
+        teacher_feats = self.teacher_features(images) if use_method or method.trains_teacher \
+            else None
+        terms: dict[str, Tensor] = {}
+        student_feats, logits = None, None
+        if stage.uses_student:
+            student_feats = parts.student.forward_features(images)
+            logits = student_feats["logits"]
+            # Kept even when ce_weight is 0: the classifier then gets zero (not missing)
+            # gradients, so weight decay still applies, as in the reference's init stages.
+            terms["ce"] = stage.ce_weight * F.cross_entropy(logits, batch.labels)
+        if method.trains_teacher and teacher_feats is not None:
+            terms["peer_ce"] = F.cross_entropy(teacher_feats["logits"], batch.labels)
+        if use_method:
+            step = Step(batch, stage, epoch, step_index, parts.student, parts.teacher,
+                        parts.config.seed)
+            for name, value in method(student_feats, teacher_feats, step).items():
+                terms[name] = stage.method_weight * value
+        return terms, logits
+
     def train_epoch(self, stage: Stage, epoch: int, lr: float) -> dict[str, float]:
         parts = self.parts
-        student, method, loader = parts.student, parts.method, parts.loader
-        optimizer = self.optimizer(stage)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        student.train()
+        loader, method = parts.loader, parts.method
+        optimizers = self.stage_optimizers(stage)
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        parts.student.train(stage.uses_student)
         method.train()
-        device = loader.device
+        if method.trains_teacher and parts.teacher is not None:
+            parts.teacher.train()
         sums: dict[str, Tensor] = {}
-        correct = torch.zeros(2, dtype=torch.long, device=device)
+        correct = torch.zeros(2, dtype=torch.long, device=loader.device)
         seen = 0
         start = time.perf_counter()
         batches = loader.train_batches(parts.config.seed, self.global_epoch + 1)
         bar = tqdm(batches, total=loader.steps_per_epoch, disable=not self.progress, leave=False,
                    desc=f"epoch {self.global_epoch + 1} [{stage.name}]", file=sys.stderr)
         for step_index, batch in enumerate(bar):
-            images = batch.images
-            if method.needs_input_grad:
-                images = images.requires_grad_(True)
-            use_method = stage.method_weight != 0
-            teacher_feats = self.teacher_features(images) if use_method else None
-            student_feats = student.forward_features(images)
-            logits = student_feats["logits"]
-            terms = {"ce": stage.ce_weight * F.cross_entropy(logits, batch.labels)}
-            if use_method:
-                step = Step(batch, stage, epoch, step_index, student, parts.teacher,
-                            parts.config.seed)
-                for name, value in method(student_feats, teacher_feats, step).items():
-                    terms[name] = stage.method_weight * value
+            terms, logits = self.step_terms(batch, stage, epoch, step_index)
             loss = torch.stack(list(terms.values())).sum()
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
 
             size = len(batch)
             seen += size
             for name, value in (("loss", loss), *terms.items()):
                 detached = value.detach() * size
                 sums[name] = sums[name] + detached if name in sums else detached
-            correct += torch.stack(topk_correct(logits.detach(), batch.labels))
+            if logits is not None:
+                correct += torch.stack(topk_correct(logits.detach(), batch.labels))
             if self.progress and step_index % parts.config.log_interval == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         seconds = time.perf_counter() - start
         stats = {name: value.item() / seen for name, value in sums.items()}
-        top1, top5 = (100.0 * correct.double() / seen).tolist()
-        stats.update(train_top1=top1, train_top5=top5, train_seconds=seconds,
-                     images_per_second=seen / seconds)
+        if stage.uses_student:
+            top1, top5 = (100.0 * correct.double() / seen).tolist()
+            stats.update(train_top1=top1, train_top5=top5)
+        stats.update(train_seconds=seconds, images_per_second=seen / seconds)
         return stats
+
+    def evaluate_epoch(self) -> dict[str, float]:
+        parts = self.parts
+        start = time.perf_counter()
+        result = evaluate(parts.student, parts.loader)
+        record = {"test_top1": result["top1"], "test_top5": result["top5"],
+                  "test_loss": result["loss"]}
+        if parts.method.trains_teacher and parts.teacher is not None:
+            peer = evaluate(parts.teacher, parts.loader)
+            record.update(peer_test_top1=peer["top1"], peer_test_top5=peer["top5"],
+                          peer_test_loss=peer["loss"])
+        record["eval_seconds"] = time.perf_counter() - start
+        return record
 
     # ----------------------------------------------------------------------------- the run
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -143,7 +191,7 @@ class Trainer:
             log.info("resuming %s after epoch %d", self.run.path, self.global_epoch)
         else:
             self.run.write_config(parts.config.to_yaml())
-        if parts.teacher is not None:
+        if parts.teacher is not None and not parts.method.trains_teacher:
             self.teacher_eval = evaluate(parts.teacher, parts.loader)
             log.info("teacher %s: test top-1 %.2f%%, top-5 %.2f%% (checked before distilling)",
                      parts.teacher.model_name, self.teacher_eval["top1"],
@@ -158,11 +206,7 @@ class Trainer:
                                           "stage_epoch": epoch, "lr": lr}
                 record.update(self.train_epoch(stage, epoch, lr))
                 if stage.evaluate:
-                    eval_start = time.perf_counter()
-                    result = evaluate(parts.student, parts.loader)
-                    record.update(test_top1=result["top1"], test_top5=result["top5"],
-                                  test_loss=result["loss"],
-                                  eval_seconds=time.perf_counter() - eval_start)
+                    record.update(self.evaluate_epoch())
                 record["epoch_seconds"] = record["train_seconds"] + record.get("eval_seconds", 0)
                 self._check_finite(record)
                 self.global_epoch += 1
@@ -178,6 +222,8 @@ class Trainer:
                 log.info(_epoch_line(record, total_epochs))
         wall = self.wall_before + time.perf_counter() - started
         export_model(parts.student, self.run / STUDENT, method=parts.config.method.name)
+        if parts.method.trains_teacher and parts.teacher is not None:
+            export_model(parts.teacher, self.run / PEER, method=parts.config.method.name)
         summary = make_summary(self, wall, finished=True)
         self.run.write_summary(summary)
         return summary
@@ -195,13 +241,18 @@ class Trainer:
 
 
 def _epoch_line(record: dict[str, Any], total_epochs: int) -> str:
-    skip = {"epoch", "stage", "stage_epoch", "lr", "loss", "train_top1", "train_top5",
-            "train_seconds", "images_per_second", "test_top1", "test_top5", "test_loss",
-            "eval_seconds", "epoch_seconds"}
-    terms = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in skip)
-    test = (f" | test top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}%"
-            if "test_top1" in record else "")
-    return (f"epoch {record['epoch']}/{total_epochs} [{record['stage']}] lr {record['lr']:.4g} | "
-            f"loss {record['loss']:.4f} ({terms}) | train top-1 {record['train_top1']:.2f}%{test}"
-            f" | {record['epoch_seconds']:.1f}s, {record['images_per_second']:.0f} img/s")
-
+    """One log line per epoch: lr, the loss and its terms, accuracies, speed."""
+    reported = {"epoch", "stage", "stage_epoch", "lr", "loss", "images_per_second"}
+    terms = ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                      if k not in reported and not k.endswith(("_top1", "_top5", "_seconds",
+                                                               "_loss")))
+    parts = [f"epoch {record['epoch']}/{total_epochs} [{record['stage']}] lr {record['lr']:.4g}",
+             f"loss {record['loss']:.4f} ({terms})"]
+    if "train_top1" in record:
+        parts.append(f"train top-1 {record['train_top1']:.2f}%")
+    if "test_top1" in record:
+        parts.append(f"test top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}%")
+    if "peer_test_top1" in record:
+        parts.append(f"peer test top-1 {record['peer_test_top1']:.2f}%")
+    parts.append(f"{record['epoch_seconds']:.1f}s, {record['images_per_second']:.0f} img/s")
+    return " | ".join(parts)

@@ -43,6 +43,7 @@ class MethodContext:
     image_size: int
     in_chans: int
     train_labels: Tensor  # (N,) labels of the training split, e.g. for CRD's negatives
+    data_name: str = ""   # the dataset's registry name (FT's BatchNorm rule depends on it)
     seed: int = 0
 
 
@@ -55,7 +56,9 @@ class Stage:
     the classifier still receives zero gradients and weight decay, as in the reference).
     Stages that name the same ``optimizer`` share one optimiser object, momentum buffers
     included; ``optimizer_settings`` overrides lr/momentum/nesterov/weight_decay for a new one.
-    ``trainable`` picks the parameters: "student+method" (default) or "method".
+    ``trainable`` picks the parameters: "student+method" (default) or "method". A stage with
+    ``uses_student=False`` (FT's paraphraser pre-training) does not run the student at all, so
+    the student's BatchNorm statistics stay untouched; the method then gets ``student=None``.
     """
 
     name: str
@@ -67,6 +70,7 @@ class Stage:
     optimizer_settings: dict[str, Any] = field(default_factory=dict)
     trainable: str = "student+method"
     evaluate: bool = True
+    uses_student: bool = True
 
 
 @dataclass
@@ -99,7 +103,12 @@ class Method(nn.Module):
     #: points asked of the teacher when they differ from ``points``
     teacher_points: ClassVar[tuple[str, ...] | None] = None
     needs_teacher: ClassVar[bool] = True
+    #: the input images require grad and the teacher runs with autograd (Sobolev, LwM)
     needs_input_grad: ClassVar[bool] = False
+    #: the "teacher" is a peer trained together with the student (deep mutual learning): it is
+    #: not frozen, trains in train mode with its own optimiser ("peer", same settings and
+    #: schedule), gets its own cross-entropy term ``peer_ce``, and is evaluated and exported
+    trains_teacher: ClassVar[bool] = False
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__()
@@ -121,8 +130,10 @@ class Method(nn.Module):
     def end_stage(self, stage: Stage) -> None:
         """Called after a stage's last epoch (e.g. to freeze a pre-trained part)."""
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
-        """Named, weighted loss terms for one batch (the cross-entropy is added by the loop)."""
+    def forward(self, student: Feats | None, teacher: Feats | None,
+                step: Step) -> dict[str, Tensor]:
+        """Named, weighted loss terms for one batch (the cross-entropy is added by the loop).
+        ``student`` is None only in stages with ``uses_student=False``."""
         raise NotImplementedError
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:

@@ -1,11 +1,4 @@
-"""The math of the distillation losses, as pure functions on tensors.
-
-No parameters, no state: float32 or float64 in, the same dtype out. Each function computes the
-loss of one (student, teacher) pair of tensors exactly as the reference Knowledge-Distillation-Zoo
-does (see seed-zoo.md section 2 for every formula); the method classes in :mod:`kdzoo.methods`
-add the weights and average over stages. Tests check every function against a hand-written
-float64 computation and with ``torch.autograd.gradcheck``.
-"""
+"""Losses on logits: regression, soft targets, mutual learning."""
 from __future__ import annotations
 
 import torch.nn.functional as F
