@@ -181,14 +181,28 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is now (it may be replaced, e.g. by test capture)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
     logger = logging.getLogger("kdzoo")
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
-    if not any(getattr(h, "_kdzoo_console", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._kdzoo_console = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
 
 
@@ -204,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except KdzooError as exc:
         print(f"kdzoo: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except SystemExit as exc:  # --help and --version exit through argparse
         return int(exc.code or 0)
     except KeyboardInterrupt:

@@ -79,6 +79,8 @@ class TrainConfig:
     eval_batch_size: int | None = None
     log_interval: int = 50  # steps between progress-bar updates (each costs a host sync)
     trust_checkpoint: bool = False
+    deterministic: bool = False  # PyTorch's deterministic algorithms (CPU runs always are)
+    nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run or "skip" the batch
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, with method hyper-parameters and dataset options flattened."""

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 
 class KdzooError(Exception):
-    """A problem with the user's input: the message says what is wrong and how to fix it."""
+    """A problem with the user's input: the message says what is wrong and how to fix it.
+
+    ``exit_status`` is what the CLI exits with: 2 for bad input, 1 for a run that failed on
+    its way (a NaN loss, a full disk)."""
+
+    exit_status = 2
 
 
 class ConfigError(KdzooError):

@@ -20,6 +20,12 @@ import torch
 from .errors import KdzooError
 
 
+class DiskFullError(KdzooError):
+    """The disk filled up during a write; the previous file is intact."""
+
+    exit_status = 1
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Call ``write(fileobj)`` on a temporary file and atomically move it to ``path``."""
     path = Path(path)
@@ -36,7 +42,7 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise KdzooError(
+            raise DiskFullError(
                 f"no space left on the device while writing {path}; the previous file is "
                 "intact: free some disk space and rerun with --resume"
             ) from None
@@ -59,7 +65,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+    # Serialise in memory first: torch.save's zip writer reports a full disk as a vague
+    # RuntimeError, while a plain file write raises OSError(ENOSPC), which we can name.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..config import TrainConfig
 from ..models import FeatureNet
 from .build import build
 from .rundir import LOG, RunDir
+from .state import check_resume_config
 from .trainer import Trainer
 
 log = logging.getLogger("kdzoo")
@@ -23,6 +27,15 @@ class RunResult:
     summary: dict[str, Any]
     path: Path
     student: FeatureNet
+
+
+def set_deterministic() -> None:
+    """PyTorch's deterministic algorithms (errors on ops that have none), cuDNN without
+    autotuning, and the cuBLAS workspace setting that deterministic CUDA matmuls need."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def default_out(config: TrainConfig, resume: bool = False) -> Path:
@@ -44,8 +57,12 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     write the run folder ``config.out``. Bad input raises :class:`~kdzoo.errors.KdzooError`
     before anything is written; ``resume`` continues the run in ``config.out`` from its last
     checkpoint; ``overwrite`` replaces the kdzoo files of an existing folder."""
+    if config.deterministic:
+        set_deterministic()
     out = Path(config.out) if config.out else default_out(config, resume)
     RunDir.check(out, resume, overwrite)  # fail fast, before loading any data
+    if resume:
+        check_resume_config(out, config.to_dict())
     parts = build(config)
     run = RunDir.prepare(out, resume, overwrite)
     handler = logging.FileHandler(run / LOG, encoding="utf-8")

@@ -55,6 +55,8 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"optim.{key} must not be negative, got {getattr(optim, key)}")
     if config.eval_batch_size is not None and config.eval_batch_size < 1:
         raise ConfigError(f"eval_batch_size must be positive, got {config.eval_batch_size}")
+    if config.nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"nonfinite must be 'stop' or 'skip', got '{config.nonfinite}'")
     if config.log_interval < 1:
         raise ConfigError(f"log_interval must be positive, got {config.log_interval}")
     method_cls = METHODS.get(config.method.name)

@@ -36,8 +36,9 @@ class RunDir:
         """Refuse a folder we may not write to, before anything is built or written."""
         path = Path(path)
         if resume:
-            if not (path / CHECKPOINT).is_file():
-                raise KdzooError(f"nothing to resume in {path}: it has no {CHECKPOINT}; start the "
+            # A run killed before its first checkpoint has only its config: it restarts.
+            if not (path / CHECKPOINT).is_file() and not (path / CONFIG).is_file():
+                raise KdzooError(f"nothing to resume in {path}: it holds no kdzoo run; start the "
                                  "run without --resume")
             return
         if path.exists() and not path.is_dir():
@@ -48,6 +49,9 @@ class RunDir:
                 "add --resume to continue the run in it, or --overwrite to replace its run files"
             )
         existing = next((p for p in [path, *path.parents] if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise KdzooError(f"cannot create output folder {path}: {existing} is a file; choose "
+                             "another --out")
         if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
             raise KdzooError(f"cannot write to output folder {path} ({existing} is not writable):"
                              " choose another --out")
@@ -80,9 +84,14 @@ class RunDir:
         atomic_write_text(self / METRICS, "".join(json.dumps(r) + "\n" for r in records))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self / METRICS, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        try:
+            with open(self / METRICS, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+        except OSError as exc:
+            raise KdzooError(f"cannot append to {self / METRICS} ({exc.strerror or exc}); the "
+                             "checkpoint of this epoch is saved: fix the disk and rerun with "
+                             "--resume") from None
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

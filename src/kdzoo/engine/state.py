@@ -7,13 +7,15 @@ history. The data order needs no saving: it is a pure function of (seed, epoch),
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 
 from ..errors import KdzooError
 from ..models.checkpoint import read_checkpoint_file
-from .rundir import CHECKPOINT
+from .rundir import CHECKPOINT, CONFIG
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -65,9 +67,28 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             if k not in RUNTIME_KEYS and old.get(k) != new.get(k)]
 
 
-def load_run_state(trainer: "Trainer") -> None:
-    """Restore ``trainer`` from its run folder's checkpoint (the config must match)."""
+def check_resume_config(folder: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume a run whose recorded config differs (before anything is written)."""
+    path = folder / CONFIG
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        raise KdzooError(f"cannot resume {folder}: its {CONFIG} is missing or unreadable") from None
+    differences = config_differences(saved or {}, config)
+    if differences:
+        raise KdzooError(
+            f"cannot resume {folder}: this config differs from the run's in "
+            f"{'; '.join(differences)}; rerun with the run's settings (see its {CONFIG}) or "
+            "start a new run with another --out"
+        )
+
+
+def load_run_state(trainer: "Trainer") -> bool:
+    """Restore ``trainer`` from its run folder's checkpoint (the config must match); False when
+    the run was stopped before its first checkpoint, so it starts from the beginning."""
     parts, path = trainer.parts, trainer.run / CHECKPOINT
+    if not path.is_file():
+        return False
     state = read_checkpoint_file(path)
     if not isinstance(state, dict) or state.get("kdzoo_format") != RUN_FORMAT:
         raise KdzooError(f"{path} is not a kdzoo run checkpoint; cannot resume from it")
@@ -94,3 +115,4 @@ def load_run_state(trainer: "Trainer") -> None:
     for stage in parts.stages[: trainer.stage_index]:
         parts.method.end_stage(stage)  # re-apply what finishing a stage did (e.g. freezing)
     trainer.run.write_metrics(trainer.history)  # drop lines written after the checkpoint
+    return True

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from ..errors import KdzooError
 from ..data.loader import Batch
 from ..io import atomic_torch_save
 from ..methods import Stage, Step
 from ..models import export_model
 from .build import Components
 from .evaluate import evaluate, topk_correct
+from .guard import NonFiniteError, NonFiniteGuard
 from .rundir import CHECKPOINT, PEER, STUDENT, RunDir
 from .state import load_run_state, run_state
 from .summary import make_summary
@@ -136,6 +136,8 @@ class Trainer:
         method.train()
         if method.trains_teacher and parts.teacher is not None:
             parts.teacher.train()
+        guard = NonFiniteGuard(parts.config.nonfinite, loader.device)
+        params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
         sums: dict[str, Tensor] = {}
         correct = torch.zeros(2, dtype=torch.long, device=loader.device)
         seen = 0
@@ -149,6 +151,8 @@ class Trainer:
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if not guard.check(self.global_epoch + 1, step_index, terms, params):
+                continue  # a skipped batch: no update, not counted in the epoch's means
             for optimizer in optimizers:
                 optimizer.step()
 
@@ -159,10 +163,19 @@ class Trainer:
                 sums[name] = sums[name] + detached if name in sums else detached
             if logits is not None:
                 correct += torch.stack(topk_correct(logits.detach(), batch.labels))
-            if self.progress and step_index % parts.config.log_interval == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step_index % parts.config.log_interval == 0:
+                guard.flush(self.global_epoch + 1)
+                if self.progress:
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+        guard.flush(self.global_epoch + 1)
         seconds = time.perf_counter() - start
+        if seen == 0:
+            raise NonFiniteError(f"every batch of epoch {self.global_epoch + 1} had a NaN or "
+                                 "infinite loss or gradient and was skipped; lower the learning "
+                                 "rate or the method's weight")
         stats = {name: value.item() / seen for name, value in sums.items()}
+        if parts.config.nonfinite == "skip":
+            stats["skipped_batches"] = guard.skipped
         if stage.uses_student:
             top1, top5 = (100.0 * correct.double() / seen).tolist()
             stats.update(train_top1=top1, train_top5=top5)
@@ -186,8 +199,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         parts = self.parts
         started = time.perf_counter()
-        if resume:
-            load_run_state(self)
+        if resume and load_run_state(self):
             log.info("resuming %s after epoch %d", self.run.path, self.global_epoch)
         else:
             self.run.write_config(parts.config.to_yaml())
@@ -234,9 +246,10 @@ class Trainer:
     def _check_finite(self, record: dict[str, Any]) -> None:
         bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            raise KdzooError(
-                f"non-finite loss in epoch {record['epoch']} ({', '.join(bad)}); the last good "
-                "checkpoint is kept: lower the learning rate or the method's weight and rerun"
+            raise NonFiniteError(
+                f"non-finite {', '.join(bad)} in epoch {record['epoch']}; the run stopped and its "
+                "last good checkpoint is kept: lower the learning rate or the method's weight "
+                "and rerun with --resume"
             )
 
 

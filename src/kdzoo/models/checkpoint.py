@@ -84,7 +84,9 @@ def normalise_key(key: str) -> str:
 
 
 def _describe(model: FeatureNet) -> str:
-    return f"{model.model_name or type(model).__name__} ({model.num_classes} classes)"
+    channels = "channel" if model.in_chans == 1 else "channels"
+    return (f"{model.model_name or type(model).__name__} ({model.num_classes} classes, "
+            f"{model.in_chans} input {channels})")
 
 
 def _mismatches(model: FeatureNet, state: Mapping[str, Tensor]) -> list[str]:
