@@ -391,3 +391,23 @@ def test_checkpoints_load_without_unpickling(make_config):
     assert state["kdzoo_format"] == "kdzoo-run/1"
     with pytest.raises(KdzooError):
         kdzoo.create_model("resnet8", checkpoint=result.path / "log.txt")
+
+
+def test_resume_needs_only_the_run_folder(tmp_path, monkeypatch):
+    from kdzoo.engine import Trainer
+
+    original = Trainer.train_epoch
+    calls = {"n": 0}
+
+    def crash_on_second(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_on_second)
+    run = tmp_path / "run"
+    assert main([*TRAIN, "--epochs", "2", "--out", str(run)]) == 130
+    monkeypatch.undo()
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2]

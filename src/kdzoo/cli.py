@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
@@ -51,7 +52,11 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML config file")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method.temperature=3 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (its config.yaml supplies the settings)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="use PyTorch's deterministic algorithms (CPU runs are bit-reproducible "
+                        "anyway)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run files of an existing --out folder")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -79,6 +84,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("device",): args.device,
         ("out",): args.out,
         ("trust_checkpoint",): args.trust_checkpoint or None,
+        ("deterministic",): args.deterministic or None,
     }
     overrides: dict[str, Any] = {}
     for path, value in flags.items():
@@ -95,7 +101,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .engine import fit
 
-    config = resolve_config(args.config, _train_overrides(args), args.assignments)
+    config_file = args.config
+    if args.resume and config_file is None and args.out is not None:
+        # `kdzoo train --out RUN --resume` alone continues a run with its own settings; flags
+        # given as well must agree with them (a difference is refused, never applied).
+        saved = Path(args.out) / "config.yaml"
+        config_file = saved if saved.is_file() else None
+    config = resolve_config(config_file, _train_overrides(args), args.assignments)
     result = fit(config, resume=args.resume, overwrite=args.overwrite,
                  progress=False if args.no_progress else None)
     s = result.summary
