@@ -4,6 +4,7 @@ import torch
 import kdzoo
 from kdzoo.engine import RunDir, Trainer, build, fit, read_metrics
 from kdzoo.engine.schedule import Piecewise
+from kdzoo.engine.teacher import TeacherRunner
 from kdzoo.methods import Method, Stage
 
 
@@ -127,6 +128,7 @@ def test_stages_run_in_order_with_their_lr_and_losses(make_config):
     config = make_config(optim={"epochs": 2, "lr": 0.1, "milestones": [1]})
     parts = build(config)
     parts.method = TwoStage(parts.method.ctx)
+    parts.teacher_runner = TeacherRunner(parts.teacher, TwoStage.required_teacher_points())
     parts.stages = parts.method.stages(parts.stages[0])
     Trainer(parts, RunDir.prepare(config.out), progress=False).fit()
     metrics = read_metrics(config.out)

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from . import __version__
 from .errors import KdzooError
 
@@ -62,6 +64,17 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    speed = p.add_argument_group("speed")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the student and the frozen teacher (start-up cost)")
+    speed.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (CUDA)")
+    speed.add_argument("--teacher-cache", action="store_true",
+                       help="reuse (and fill) the on-disk teacher logits of every augmented "
+                            "view; for methods that need only the teacher's logits")
+    speed.add_argument("--cache-dir", metavar="DIR", help="where teacher caches live")
+    speed.add_argument("--plain", action="store_true",
+                       help="turn the fast path off (no channels_last, no BatchNorm folding in "
+                            "the teacher): the reference-style loop, for comparisons")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,6 +98,12 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("out",): args.out,
         ("trust_checkpoint",): args.trust_checkpoint or None,
         ("deterministic",): args.deterministic or None,
+        ("compile",): args.compile or None,
+        ("amp",): args.amp,
+        ("teacher_cache",): args.teacher_cache or None,
+        ("cache_dir",): args.cache_dir,
+        ("channels_last",): False if args.plain else None,
+        ("fold_teacher_bn",): False if args.plain else None,
     }
     overrides: dict[str, Any] = {}
     for path, value in flags.items():
@@ -180,7 +199,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "demo": cmd_demo}
+def _add_cache_parser(sub: Any) -> None:
+    p = sub.add_parser("cache-teacher",
+                       help="compute a teacher's logits for every augmented training view once, "
+                            "for all later runs with --teacher-cache")
+    p.add_argument("--teacher", required=True, help="teacher model name")
+    p.add_argument("--teacher-checkpoint", required=True, metavar="FILE")
+    p.add_argument("--data", required=True, help="dataset name")
+    p.add_argument("--data-dir", metavar="DIR")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where caches live (default $KDZOO_CACHE or ~/.cache/kdzoo)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the teacher")
+    p.add_argument("--trust-checkpoint", action="store_true")
+
+
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data import load_dataset
+    from .engine.build import freeze, resolve_device
+    from .engine.cache import TeacherCache, fill_cache
+    from .engine.teacher import TeacherRunner
+    from .models import MODELS, create_model
+
+    MODELS.get(args.teacher)
+    if args.batch_size < 1:
+        raise KdzooError(f"--batch-size must be positive, got {args.batch_size}")
+    device = resolve_device(args.device)
+    data = load_dataset(args.data, args.data_dir, args.download)
+    teacher = freeze(create_model(args.teacher, num_classes=data.num_classes,
+                                  in_chans=data.in_chans, checkpoint=args.teacher_checkpoint,
+                                  trust_checkpoint=args.trust_checkpoint))
+    cache = TeacherCache.for_teacher(teacher, data, args.cache_dir)
+    runner = TeacherRunner(teacher.to(device), ("logits",), compile=args.compile,
+                           memory_format=torch.channels_last)
+    views = cache.views.size
+    log.info("teacher cache %s: %d images x %d views x %d classes (%.0f%% filled)",
+             cache.folder, len(data.train_labels), views, data.num_classes,
+             100 * cache.filled_fraction())
+    with tqdm(total=views, disable=not sys.stderr.isatty(), desc="views") as bar:
+        computed = fill_cache(cache, data, lambda x: runner(x)["logits"], args.batch_size,
+                              device, progress=lambda done, total: bar.update(1))
+    log.info("computed %d teacher forwards; the cache is complete: use --teacher-cache "
+             "(with the same --cache-dir) in kdzoo train", computed)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "demo": cmd_demo,
+            "cache-teacher": cmd_cache_teacher}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -188,7 +257,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdzoo {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_train_parser, _add_eval_parser, _add_list_parser, _add_demo_parser):
+    for add in (_add_train_parser, _add_eval_parser, _add_list_parser, _add_demo_parser,
+                _add_cache_parser):
         add(sub)
     return parser
 

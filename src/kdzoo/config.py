@@ -75,7 +75,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out: str | None = None
-    channels_last: bool = False
+    # The fast path (on by default where it is exact up to float rounding):
+    channels_last: bool = True      # NHWC activations: +20-30% on CPUs (oneDNN) and GPUs
+    fold_teacher_bn: bool = True    # the frozen teacher runs with BatchNorm folded into its convs
+    # Opt-in speed-ups that change numerics or cost start-up time:
+    compile: bool = False           # torch.compile the student and the frozen teacher
+    amp: str | None = None          # bf16 or fp16 autocast (fp16 needs CUDA)
+    cudnn_benchmark: bool = False   # cuDNN autotuning (CUDA; not bit-reproducible)
+    # The teacher-output cache (methods that need only the teacher's logits):
+    teacher_cache: bool = False     # reuse/fill the on-disk logits of every augmented view
+    cache_dir: str | None = None    # default: $KDZOO_CACHE or ~/.cache/kdzoo
     eval_batch_size: int | None = None
     log_interval: int = 50  # steps between progress-bar updates (each costs a host sync)
     trust_checkpoint: bool = False

@@ -17,6 +17,22 @@ def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -
     return [hits[:, : min(k, kmax)].any(dim=1).sum() for k in ks]
 
 
+def accuracy_of_logits(logits: Tensor, labels: Tensor) -> dict[str, float]:
+    """The numbers :func:`evaluate` reports, from precomputed logits."""
+    top1, top5 = (100.0 * torch.stack(topk_correct(logits, labels)).double() / len(labels)).tolist()
+    return {"top1": top1, "top5": top5, "loss": F.cross_entropy(logits, labels).item()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: BatchLoader) -> Tensor:
+    """The model's logits on the whole test split, in order."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(batch.images) for batch in loader.test_batches()])
+    model.train(was_training)
+    return logits
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: BatchLoader) -> dict[str, float]:
     """Accuracy (percent) and mean cross-entropy of ``model`` on the test split."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
+from ..config import config_from_dict
 from ..errors import KdzooError
 from ..models.checkpoint import read_checkpoint_file
 from .rundir import CHECKPOINT, CONFIG
@@ -46,6 +47,7 @@ def run_state(trainer: "Trainer", wall_seconds: float) -> dict[str, Any]:
         "rng": rng,
         "history": trainer.history,
         "wall_seconds": wall_seconds,
+        "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
     }
 
 
@@ -67,6 +69,15 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             if k not in RUNTIME_KEYS and old.get(k) != new.get(k)]
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with today's defaults for keys it lacks (added by a newer kdzoo), so an
+    upgrade does not block resuming; an invalid saved config is compared as it is."""
+    try:
+        return config_from_dict(saved).to_dict()
+    except KdzooError:
+        return saved
+
+
 def check_resume_config(folder: Path, config: dict[str, Any]) -> None:
     """Refuse to resume a run whose recorded config differs (before anything is written)."""
     path = folder / CONFIG
@@ -74,7 +85,7 @@ def check_resume_config(folder: Path, config: dict[str, Any]) -> None:
         saved = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         raise KdzooError(f"cannot resume {folder}: its {CONFIG} is missing or unreadable") from None
-    differences = config_differences(saved or {}, config)
+    differences = config_differences(_with_defaults(saved or {}), config)
     if differences:
         raise KdzooError(
             f"cannot resume {folder}: this config differs from the run's in "
@@ -92,7 +103,7 @@ def load_run_state(trainer: "Trainer") -> bool:
     state = read_checkpoint_file(path)
     if not isinstance(state, dict) or state.get("kdzoo_format") != RUN_FORMAT:
         raise KdzooError(f"{path} is not a kdzoo run checkpoint; cannot resume from it")
-    differences = config_differences(state["config"], parts.config.to_dict())
+    differences = config_differences(_with_defaults(state["config"]), parts.config.to_dict())
     if differences:
         raise KdzooError(
             f"cannot resume {trainer.run.path}: this config differs from the run's in "
@@ -109,6 +120,8 @@ def load_run_state(trainer: "Trainer") -> bool:
     trainer.global_epoch = state["global_epoch"]
     trainer.history = list(state["history"])
     trainer.wall_before = float(state["wall_seconds"])
+    if state.get("scaler") is not None and trainer.scaler is not None:
+        trainer.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])

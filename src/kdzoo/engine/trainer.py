@@ -29,7 +29,7 @@ from ..io import atomic_torch_save
 from ..methods import Stage, Step
 from ..models import export_model
 from .build import Components
-from .evaluate import evaluate, topk_correct
+from .evaluate import accuracy_of_logits, evaluate, predict, topk_correct
 from .guard import NonFiniteError, NonFiniteGuard
 from .rundir import CHECKPOINT, PEER, STUDENT, RunDir
 from .state import load_run_state, run_state
@@ -53,6 +53,15 @@ class Trainer:
         self.global_epoch = 0     # epochs done over all stages
         self.teacher_eval: dict[str, float] | None = None
         self.wall_before = 0.0    # seconds spent before a resume
+        config = parts.config
+        self.student_forward = parts.student.forward_features
+        if config.compile:
+            self.student_forward = torch.compile(parts.student.forward_features)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
+        self.autocast = torch.autocast(parts.device.type, dtype=amp_dtype,
+                                       enabled=amp_dtype is not None)
+        # float16 gradients underflow without loss scaling; bfloat16 needs none.
+        self.scaler = torch.amp.GradScaler(parts.device.type) if config.amp == "fp16" else None
 
     # ----------------------------------------------------------------------------- optimisers
     def _parameters(self, stage: Stage) -> list[torch.nn.Parameter]:
@@ -86,17 +95,22 @@ class Trainer:
         return optimizers
 
     # -------------------------------------------------------------------------------- forward
-    def teacher_features(self, images: Tensor) -> dict[str, Tensor] | None:
-        teacher, method = self.parts.teacher, self.parts.method
+    def teacher_features(self, images: Tensor, batch: Batch) -> dict[str, Tensor] | None:
+        teacher, method, cache = self.parts.teacher, self.parts.method, self.parts.teacher_cache
         if teacher is None:
             return None
+        if cache is not None:
+            assert batch.offsets is not None and self.parts.teacher_runner is not None
+            runner = self.parts.teacher_runner
+            views = cache.views.index(batch.offsets, batch.flips)
+            return {"logits": cache.logits_for(batch.indices, views, images,
+                                               lambda x: runner(x)["logits"])}
         if method.trains_teacher:  # a peer: trained, so it runs with autograd
             return teacher.forward_features(images)
-        points = method.required_teacher_points()
         if method.needs_input_grad:  # gradients w.r.t. the input flow through the frozen teacher
-            return teacher.forward_features(images, points)
-        with torch.no_grad():
-            return teacher.forward_features(images, points)
+            return teacher.forward_features(images, method.required_teacher_points())
+        assert self.parts.teacher_runner is not None
+        return self.parts.teacher_runner(images)
 
     def step_terms(self, batch: Batch, stage: Stage, epoch: int,
                    step_index: int) -> tuple[dict[str, Tensor], Tensor | None]:
@@ -106,12 +120,12 @@ class Trainer:
         if method.needs_input_grad:
             images = images.requires_grad_(True)
         use_method = stage.method_weight != 0
-        teacher_feats = self.teacher_features(images) if use_method or method.trains_teacher \
-            else None
+        teacher_feats = self.teacher_features(images, batch) if use_method or \
+            method.trains_teacher else None
         terms: dict[str, Tensor] = {}
         student_feats, logits = None, None
         if stage.uses_student:
-            student_feats = parts.student.forward_features(images)
+            student_feats = self.student_forward(images)
             logits = student_feats["logits"]
             # Kept even when ce_weight is 0: the classifier then gets zero (not missing)
             # gradients, so weight decay still applies, as in the reference's init stages.
@@ -145,16 +159,23 @@ class Trainer:
         batches = loader.train_batches(parts.config.seed, self.global_epoch + 1)
         bar = tqdm(batches, total=loader.steps_per_epoch, disable=not self.progress, leave=False,
                    desc=f"epoch {self.global_epoch + 1} [{stage.name}]", file=sys.stderr)
+        scaler = self.scaler
         for step_index, batch in enumerate(bar):
-            terms, logits = self.step_terms(batch, stage, epoch, step_index)
-            loss = torch.stack(list(terms.values())).sum()
+            with self.autocast:
+                terms, logits = self.step_terms(batch, stage, epoch, step_index)
+                loss = torch.stack([t.float() for t in terms.values()]).sum()
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if not guard.check(self.global_epoch + 1, step_index, terms, params):
+            (scaler.scale(loss) if scaler else loss).backward()
+            # With loss scaling, infinite gradients are expected now and then: the scaler skips
+            # those steps itself, so only the loss terms are checked.
+            if not guard.check(self.global_epoch + 1, step_index, terms,
+                               [] if scaler else params):
                 continue  # a skipped batch: no update, not counted in the epoch's means
             for optimizer in optimizers:
-                optimizer.step()
+                scaler.step(optimizer) if scaler else optimizer.step()
+            if scaler:
+                scaler.update()
 
             size = len(batch)
             seen += size
@@ -168,6 +189,8 @@ class Trainer:
                 if self.progress:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
         guard.flush(self.global_epoch + 1)
+        if parts.teacher_cache is not None:
+            parts.teacher_cache.flush()
         seconds = time.perf_counter() - start
         if seen == 0:
             raise NonFiniteError(f"every batch of epoch {self.global_epoch + 1} had a NaN or "
@@ -181,6 +204,18 @@ class Trainer:
             stats.update(train_top1=top1, train_top5=top5)
         stats.update(train_seconds=seconds, images_per_second=seen / seconds)
         return stats
+
+    def check_teacher(self) -> dict[str, float]:
+        """The frozen teacher's test accuracy (from the cache when it holds the test logits)."""
+        parts = self.parts
+        labels = parts.loader.data.test_labels
+        cache = parts.teacher_cache
+        logits = cache.test_logits() if cache is not None else None
+        if logits is None:
+            logits = predict(parts.teacher, parts.loader)
+            if cache is not None:
+                cache.store_test_logits(logits)
+        return accuracy_of_logits(logits.to(labels.device).float(), labels)
 
     def evaluate_epoch(self) -> dict[str, float]:
         parts = self.parts
@@ -204,7 +239,7 @@ class Trainer:
         else:
             self.run.write_config(parts.config.to_yaml())
         if parts.teacher is not None and not parts.method.trains_teacher:
-            self.teacher_eval = evaluate(parts.teacher, parts.loader)
+            self.teacher_eval = self.check_teacher()
             log.info("teacher %s: test top-1 %.2f%%, top-5 %.2f%% (checked before distilling)",
                      parts.teacher.model_name, self.teacher_eval["top1"],
                      self.teacher_eval["top5"])

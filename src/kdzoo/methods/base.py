@@ -109,6 +109,9 @@ class Method(nn.Module):
     #: not frozen, trains in train mode with its own optimiser ("peer", same settings and
     #: schedule), gets its own cross-entropy term ``peer_ce``, and is evaluated and exported
     trains_teacher: ClassVar[bool] = False
+    #: False for methods that run the teacher themselves (BSS attacks it): its outputs for the
+    #: training views are then not all the method needs
+    teacher_cacheable: ClassVar[bool] = True
 
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__()
@@ -118,6 +121,12 @@ class Method(nn.Module):
     def required_teacher_points(cls) -> tuple[str, ...]:
         points = cls.points if cls.teacher_points is None else cls.teacher_points
         return tuple(dict.fromkeys((*points, "logits")))
+
+    @classmethod
+    def can_use_teacher_cache(cls) -> bool:
+        """Whether the teacher's logits on each training view are all this method needs."""
+        return (cls.needs_teacher and cls.teacher_cacheable and not cls.needs_input_grad
+                and not cls.trains_teacher and cls.required_teacher_points() == ("logits",))
 
     @classmethod
     def required_student_points(cls) -> tuple[str, ...]:
