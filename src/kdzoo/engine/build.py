@@ -183,11 +183,12 @@ def build(config: TrainConfig) -> Components:
     cache = None
     if config.teacher_cache and teacher is not None:
         if not method_cls.can_use_teacher_cache():
-            raise ConfigError(
-                f"method {config.method.name} needs more of the teacher than its logits "
-                f"({', '.join(method_cls.required_teacher_points())}), so its outputs cannot be "
-                "cached: run without --teacher-cache"
-            )
+            points = method_cls.required_teacher_points()
+            reason = (f"needs teacher features besides the logits ({', '.join(points)})"
+                      if points != ("logits",) else "runs the teacher itself (on other inputs "
+                      "than the training views, or with gradients)")
+            raise ConfigError(f"method {config.method.name} {reason}, so the teacher's outputs "
+                              "cannot be cached: run without --teacher-cache")
         cache = TeacherCache.for_teacher(teacher, data, config.cache_dir)
     runner = None
     if teacher is not None and not method_cls.trains_teacher:

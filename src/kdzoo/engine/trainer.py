@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +39,15 @@ from .summary import make_summary
 log = logging.getLogger("kdzoo")
 
 
+@dataclass
+class EpochSetup:
+    """What every step of one epoch uses: the optimisers, their parameters, the guard."""
+
+    optimizers: list[torch.optim.Optimizer]
+    params: list[torch.nn.Parameter]
+    guard: NonFiniteGuard
+
+
 class Trainer:
     """Runs the stages of one distillation run and writes its folder."""
 
@@ -55,7 +65,9 @@ class Trainer:
         self.wall_before = 0.0    # seconds spent before a resume
         config = parts.config
         self.student_forward = parts.student.forward_features
-        if config.compile:
+        # Methods that differentiate through input gradients (Sobolev, LwM) need a double
+        # backward, which compiled graphs do not support: their student stays eager.
+        if config.compile and not parts.method.needs_input_grad:
             self.student_forward = torch.compile(parts.student.forward_features)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
         self.autocast = torch.autocast(parts.device.type, dtype=amp_dtype,
@@ -139,19 +151,47 @@ class Trainer:
                 terms[name] = stage.method_weight * value
         return terms, logits
 
-    def train_epoch(self, stage: Stage, epoch: int, lr: float) -> dict[str, float]:
+    def begin_epoch(self, stage: Stage, lr: float) -> "EpochSetup":
+        """Set the learning rate and the train/eval modes for an epoch of ``stage``."""
         parts = self.parts
-        loader, method = parts.loader, parts.method
         optimizers = self.stage_optimizers(stage)
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr
         parts.student.train(stage.uses_student)
-        method.train()
-        if method.trains_teacher and parts.teacher is not None:
+        parts.method.train()
+        if parts.method.trains_teacher and parts.teacher is not None:
             parts.teacher.train()
-        guard = NonFiniteGuard(parts.config.nonfinite, loader.device)
         params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+        return EpochSetup(optimizers, params,
+                          NonFiniteGuard(parts.config.nonfinite, parts.loader.device))
+
+    def train_step(self, setup: "EpochSetup", batch: Batch, stage: Stage, epoch: int,
+                   step_index: int) -> tuple[Tensor, dict[str, Tensor], Tensor | None] | None:
+        """One optimisation step; returns (loss, terms, student logits), or None when the
+        non-finite guard skipped the batch."""
+        scaler = self.scaler
+        with self.autocast:
+            terms, logits = self.step_terms(batch, stage, epoch, step_index)
+            loss = torch.stack([t.float() for t in terms.values()]).sum()
+        for optimizer in setup.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler else loss).backward()
+        # With loss scaling, infinite gradients are expected now and then: the scaler skips
+        # those steps itself, so only the loss terms are checked.
+        if not setup.guard.check(self.global_epoch + 1, step_index, terms,
+                                 [] if scaler else setup.params):
+            return None
+        for optimizer in setup.optimizers:
+            scaler.step(optimizer) if scaler else optimizer.step()
+        if scaler:
+            scaler.update()
+        return loss, terms, logits
+
+    def train_epoch(self, stage: Stage, epoch: int, lr: float) -> dict[str, float]:
+        parts = self.parts
+        loader = parts.loader
+        setup = self.begin_epoch(stage, lr)
         sums: dict[str, Tensor] = {}
         correct = torch.zeros(2, dtype=torch.long, device=loader.device)
         seen = 0
@@ -159,24 +199,11 @@ class Trainer:
         batches = loader.train_batches(parts.config.seed, self.global_epoch + 1)
         bar = tqdm(batches, total=loader.steps_per_epoch, disable=not self.progress, leave=False,
                    desc=f"epoch {self.global_epoch + 1} [{stage.name}]", file=sys.stderr)
-        scaler = self.scaler
         for step_index, batch in enumerate(bar):
-            with self.autocast:
-                terms, logits = self.step_terms(batch, stage, epoch, step_index)
-                loss = torch.stack([t.float() for t in terms.values()]).sum()
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler else loss).backward()
-            # With loss scaling, infinite gradients are expected now and then: the scaler skips
-            # those steps itself, so only the loss terms are checked.
-            if not guard.check(self.global_epoch + 1, step_index, terms,
-                               [] if scaler else params):
+            result = self.train_step(setup, batch, stage, epoch, step_index)
+            if result is None:
                 continue  # a skipped batch: no update, not counted in the epoch's means
-            for optimizer in optimizers:
-                scaler.step(optimizer) if scaler else optimizer.step()
-            if scaler:
-                scaler.update()
-
+            loss, terms, logits = result
             size = len(batch)
             seen += size
             for name, value in (("loss", loss), *terms.items()):
@@ -185,10 +212,10 @@ class Trainer:
             if logits is not None:
                 correct += torch.stack(topk_correct(logits.detach(), batch.labels))
             if step_index % parts.config.log_interval == 0:
-                guard.flush(self.global_epoch + 1)
+                setup.guard.flush(self.global_epoch + 1)
                 if self.progress:
                     bar.set_postfix(loss=f"{loss.item():.4f}")
-        guard.flush(self.global_epoch + 1)
+        setup.guard.flush(self.global_epoch + 1)
         if parts.teacher_cache is not None:
             parts.teacher_cache.flush()
         seconds = time.perf_counter() - start
@@ -198,7 +225,7 @@ class Trainer:
                                  "rate or the method's weight")
         stats = {name: value.item() / seen for name, value in sums.items()}
         if parts.config.nonfinite == "skip":
-            stats["skipped_batches"] = guard.skipped
+            stats["skipped_batches"] = setup.guard.skipped
         if stage.uses_student:
             top1, top5 = (100.0 * correct.double() / seen).tolist()
             stats.update(train_top1=top1, train_top5=top5)
