@@ -1,0 +1,83 @@
+"""Shared plumbing of the feature-map methods (FitNet, FSP, AB, ...): connectors for students of
+other widths and the reference zoo's initialisation stage of FSP and AB."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable
+
+from torch import Tensor, nn
+
+from ..engine.schedule import Piecewise
+from ..errors import ConfigError
+from .base import MethodContext, Stage
+
+#: The reference's ``adjust_lr_init`` splits its 50 epochs 30 / 10 / 10.
+INIT_FRACTIONS = (0.6, 0.2, 0.2)
+
+
+def conv_bn_connector(in_channels: int, out_channels: int) -> nn.Sequential:
+    """A 1x1 convolution (no bias: BatchNorm follows) + BatchNorm mapping a student map to the
+    teacher's width: the connector of Heo et al.'s AB code and RepDistiller's ``Connector``/
+    ``ConvReg`` without ReLU (teacher targets may be pre-ReLU). The convolution gets He-normal
+    init with fan_out (std sqrt(2 / out_channels)), BatchNorm weight 1 and bias 0, as there."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / out_channels))
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
+
+
+def width_connectors(ctx: MethodContext, points: Iterable[str]) -> nn.ModuleDict:
+    """A :func:`conv_bn_connector` for each point whose student and teacher channel counts
+    differ, and nothing for the others (equal widths: the reference's exact behaviour)."""
+    assert ctx.teacher_info is not None, "feature-map methods need a teacher"
+    connectors = nn.ModuleDict()
+    for point in points:
+        s_channels = ctx.student_info[point].channels
+        t_channels = ctx.teacher_info[point].channels
+        if s_channels != t_channels:
+            connectors[point] = conv_bn_connector(s_channels, t_channels)
+    return connectors
+
+
+def connect(connectors: nn.ModuleDict, point: str, student_feat: Tensor) -> Tensor:
+    """The student's map at ``point``, through its connector when it has one."""
+    return connectors[point](student_feat) if point in connectors else student_feat
+
+
+def init_schedule(init_epochs: int, init_lr: float = 0.01) -> Piecewise:
+    """The initialisation stage's learning rates: ``init_lr``, /10, /100 for 60% / 20% / 20% of
+    ``init_epochs`` (exactly 30 / 10 / 10 epochs of 0.01 / 0.001 / 0.0001 for the reference's 50;
+    shorter stages round the first two segments half up and give the rest to the last)."""
+    first = int(INIT_FRACTIONS[0] * init_epochs + 0.5)
+    second = min(int(INIT_FRACTIONS[1] * init_epochs + 0.5), init_epochs - first)
+    lengths = (first, second, init_epochs - first - second)
+    # division, not * 0.1**i: 0.01 / 100 is exactly the reference's literal 0.0001
+    segments = tuple((n, init_lr / 10**i) for i, n in enumerate(lengths) if n > 0)
+    return Piecewise(segments)
+
+
+def check_init_settings(method: str, init_epochs: int, init_lr: float) -> None:
+    """One clear line for an initialisation stage that cannot run."""
+    if init_epochs < 1:
+        raise ConfigError(f"method {method}: init_epochs must be at least 1, got {init_epochs} "
+                          "(without its initialisation stage the method is the baseline)")
+    if not init_lr > 0:
+        raise ConfigError(f"method {method}: init_lr must be positive, got {init_lr}")
+
+
+def init_then_ce_stages(main: Stage, method: str, init_epochs: int,
+                        init_lr: float = 0.01) -> list[Stage]:
+    """FSP's and AB's two stages (seed-zoo.md 2.7, 2.11, 6b item 11):
+
+    1. ``init``: ``init_epochs`` epochs of the method's loss alone. The cross-entropy is kept
+       with weight 0, so the classifier gets zero gradients and still weight decay, as in the
+       reference; no evaluation; learning rates from :func:`init_schedule`; the same optimiser
+       object as the main stage ("main"), so the momentum buffers carry over.
+    2. ``main``: the run's configured schedule with cross-entropy only (method weight 0: the loop
+       then runs neither the method nor the teacher; the reference computes the loss, multiplies
+       it by 0 and logs it).
+    """
+    check_init_settings(method, init_epochs, init_lr)
+    init = Stage("init", init_epochs, init_schedule(init_epochs, init_lr), ce_weight=0.0,
+                 optimizer=main.optimizer, evaluate=False)
+    return [init, dataclasses.replace(main, method_weight=0.0)]

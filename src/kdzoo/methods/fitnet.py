@@ -1,0 +1,47 @@
+"""FitNets: regress the teacher's last-stage feature map (one stage, as the reference zoo)."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .. import functional as KF
+from ..models.features import Feats
+from ._feature_maps import connect, width_connectors
+from .base import Method, MethodContext, Step
+from .registry import register_method
+
+
+@register_method("fitnet")
+class FitNet(Method):
+    """Hints: "FitNets: Hints for Thin Deep Nets", Romero, Ballas, Kahou, Chassang, Gatta &
+    Bengio, ICLR 2015.
+
+    Reference zoo behaviour (kd_losses/fitnet.py, seed-zoo.md 2.4): one stage, trained together
+    with the cross-entropy: loss = weight * mean((s - t)^2) on the post-ReLU output of the last
+    stage, with the example weight 0.1. The paper instead trains the student's lower half on the
+    hint of a middle layer first (a separate stage, through a convolutional regressor), then the
+    whole student with soft targets.
+
+    The reference has no regressor because its widths agree. Here, when the student's channel
+    count differs from the teacher's, a 1x1 convolution + BatchNorm regressor (RepDistiller's
+    connector style, without ReLU) maps the student's map to the teacher's width, trained with the
+    student; equal widths keep the reference's exact behaviour. Maps of other spatial sizes are
+    average-pooled to the smaller one.
+    """
+
+    paper = "FitNets: Hints for Thin Deep Nets, Romero et al., ICLR 2015"
+    url = "https://arxiv.org/abs/1412.6550"
+    points = ("stage3",)
+
+    def __init__(self, ctx: MethodContext, weight: float = 0.1) -> None:
+        super().__init__(ctx)
+        self.weight = weight
+        self.connectors = width_connectors(ctx, self.points)
+
+    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+        assert teacher is not None
+        losses = []
+        for point in self.points:
+            s, t = KF.match_spatial_size(connect(self.connectors, point, student[point]),
+                                         teacher[point])
+            losses.append(KF.hint(s, t))
+        return {"fitnet": sum(losses) / len(losses) * self.weight}

@@ -1,0 +1,62 @@
+"""FSP: match the "flow of solution procedure" matrices between consecutive layers, in an
+initialisation stage before ordinary training."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .. import functional as KF
+from ..models.features import Feats
+from ._feature_maps import check_init_settings, connect, init_then_ce_stages, width_connectors
+from .base import Method, MethodContext, Stage, Step
+from .registry import register_method
+
+
+@register_method("fsp")
+class FlowOfSolutionProcedure(Method):
+    """FSP matrices: "A Gift from Knowledge Distillation: Fast Optimization, Network Minimization
+    and Transfer Learning", Yim, Joo, Bae & Kim, CVPR 2017.
+
+    Reference zoo behaviour (kd_losses/fsp.py and train_kd.py, seed-zoo.md 2.7 and 6b item 11):
+
+    * G(a, b) = a_flat b_flat^T / (H*W) for the post-ReLU pairs (stem, stage1), (stage1, stage2),
+      (stage2, stage3), the larger map average-pooled to the smaller; per pair the mean over
+      B*C_a*C_b of (G_s - G_t)^2; loss = weight * (L1 + L2 + L3) / 3 with weight 1.
+    * Two stages: ``init_epochs`` (50) epochs of the FSP loss alone -- the cross-entropy kept with
+      weight 0, so the classifier gets zero gradients and weight decay -- at lr ``init_lr`` /10
+      /100 for 60% / 20% / 20% of them (0.01 / 0.001 / 0.0001 for 30 / 10 / 10), without
+      evaluation and with the same SGD optimiser (momentum included) as the main stage; then the
+      configured run with the cross-entropy only. The paper likewise trains on the FSP loss first
+      and on the main task afterwards, but sums the squared matrix entries.
+
+    Other widths: FSP matrices are C_first x C_second, so student and teacher matrices can only
+    be compared when the widths agree (RepDistiller refuses other widths). At every point whose
+    channel count differs from the teacher's, a 1x1 convolution + BatchNorm connector maps the
+    student's map to the teacher's width before its FSP matrices are formed (one connector per
+    point, shared by the two pairs it belongs to); it is trained in the initialisation stage with
+    the student. Points of equal width keep the reference's exact behaviour.
+    """
+
+    paper = ("A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and "
+             "Transfer Learning, Yim et al., CVPR 2017")
+    url = ("https://openaccess.thecvf.com/content_cvpr_2017/html/"
+           "Yim_A_Gift_From_CVPR_2017_paper.html")
+    points = ("stem", "stage1", "stage2", "stage3")
+    pairs = (("stem", "stage1"), ("stage1", "stage2"), ("stage2", "stage3"))
+
+    def __init__(self, ctx: MethodContext, weight: float = 1.0, init_epochs: int = 50,
+                 init_lr: float = 0.01) -> None:
+        super().__init__(ctx)
+        check_init_settings(self.name, init_epochs, init_lr)
+        self.weight = weight
+        self.init_epochs = init_epochs
+        self.init_lr = init_lr
+        self.connectors = width_connectors(ctx, self.points)
+
+    def stages(self, main: Stage) -> list[Stage]:
+        return init_then_ce_stages(main, self.name, self.init_epochs, self.init_lr)
+
+    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+        assert teacher is not None
+        mapped = {k: connect(self.connectors, k, student[k]) for k in self.points}
+        losses = [KF.fsp(mapped[a], mapped[b], teacher[a], teacher[b]) for a, b in self.pairs]
+        return {"fsp": sum(losses) / len(losses) * self.weight}

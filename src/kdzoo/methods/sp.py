@@ -1,0 +1,36 @@
+"""Similarity-preserving distillation (SP): match the batch's pairwise similarity structure."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .. import functional as KF
+from ..models.features import Feats
+from .base import Method, MethodContext, Step
+from .registry import register_method
+
+
+@register_method("sp")
+class SimilarityPreserving(Method):
+    """Similarity-preserving knowledge distillation: "Similarity-Preserving Knowledge
+    Distillation", Tung & Mori, ICCV 2019.
+
+    Reference zoo behaviour (kd_losses/sp.py, seed-zoo.md 2.12): for the post-ReLU outputs of
+    the three stages, G = x x^T over the flattened maps (B x B), rows L2-normalised, loss = mean
+    over B^2 of (G_s - G_t)^2; the stages are averaged: weight * (L1 + L2 + L3) / 3 with the
+    example weight 3000. The paper sums the per-layer losses (each already /B^2).
+
+    No connector is ever needed: the B x B matrices do not depend on channels or map sizes.
+    """
+
+    paper = "Similarity-Preserving Knowledge Distillation, Tung & Mori, ICCV 2019"
+    url = "https://arxiv.org/abs/1907.09682"
+    points = ("stage1", "stage2", "stage3")
+
+    def __init__(self, ctx: MethodContext, weight: float = 3000.0) -> None:
+        super().__init__(ctx)
+        self.weight = weight
+
+    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+        assert teacher is not None
+        losses = [KF.similarity_preserving(student[k], teacher[k]) for k in self.points]
+        return {"sp": sum(losses) / len(losses) * self.weight}
