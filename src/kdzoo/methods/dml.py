@@ -1,0 +1,50 @@
+"""Deep mutual learning: two networks trained together, each distilling from the other."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .. import functional as KF
+from ..models.features import Feats
+from .base import Method, MethodContext, Step
+from .registry import register_method
+
+
+@register_method("dml")
+class DeepMutualLearning(Method):
+    """Deep mutual learning: "Deep Mutual Learning", Zhang, Xiang, Hospedales & Lu, CVPR 2018.
+
+    The "teacher" is a peer trained alongside the student (``trains_teacher``): the loop runs it
+    in train mode with autograd, gives it its own cross-entropy ``peer_ce`` and its own SGD
+    optimiser ("peer", same settings and schedule), evaluates it every epoch (``peer_test_*``)
+    and exports it as ``peer.pt``. This method adds the two mutual terms
+
+        dml      = weight * KL(p_peer || p_student)   (peer detached)
+        peer_dml = weight * KL(p_student || p_peer)   (student detached)
+
+    with no temperature and 'batchmean' (kd_losses/dml.py, train_dml.py). Both terms come from one
+    forward pass of each network. The reference backpropagates the two networks' losses
+    separately and steps optimiser 1 then optimiser 2; the loop backpropagates their sum once and
+    steps both, which gives the same gradients because each network's loss depends only on its
+    own parameters (the other network's logits are detached) and neither step changes the other
+    network's graph. Two networks only ("DML: two nets only, synchronous updates"), as the
+    reference; the paper also covers cohorts of more than two. weight = 1.0 (reference).
+
+    The peer starts from its own random weights (seeded apart from the student's), or from
+    ``--teacher-checkpoint`` (the reference's ``--net2_init``).
+    """
+
+    paper = "Deep Mutual Learning, Zhang et al., CVPR 2018"
+    url = "https://arxiv.org/abs/1706.00384"
+    trains_teacher = True
+
+    def __init__(self, ctx: MethodContext, weight: float = 1.0) -> None:
+        super().__init__(ctx)
+        self.weight = weight
+
+    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+        assert teacher is not None
+        s_logits, p_logits = student["logits"], teacher["logits"]
+        return {
+            "dml": self.weight * KF.mutual_learning(s_logits, p_logits.detach()),
+            "peer_dml": self.weight * KF.mutual_learning(p_logits, s_logits.detach()),
+        }
