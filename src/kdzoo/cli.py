@@ -265,7 +265,10 @@ def _add_bench_parser(sub: Any) -> None:
     p.add_argument("--images", type=int, default=d.images, help="training images written")
     p.add_argument("--test-images", type=int, default=d.test_images)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--compile", action="store_true", help="kdzoo side with --compile")
+    p.add_argument("--compile", action="store_true",
+                   help="also time kdzoo with --compile (a third side)")
+    p.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="also time kdzoo with --amp (another side)")
     p.add_argument("--epoch", action="store_true",
                    help="also time a whole epoch plus evaluation on each side")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
@@ -292,7 +295,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = BenchOptions(cases=cases, teacher=args.teacher, student=args.student,
                            batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
                            warmup=args.warmup, images=args.images, test_images=args.test_images,
-                           device=args.device, compile=args.compile, epoch=args.epoch,
+                           device=args.device, compile=args.compile, amp=args.amp,
+                           epoch=args.epoch,
                            threads=args.threads, workdir=args.workdir)
     results = run_bench(options, report=log.info)
     if args.json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -48,7 +49,8 @@ class BenchOptions:
     images: int = 50_000            # training images written (CIFAR-10's size)
     test_images: int = 10_000
     device: str = "cpu"
-    compile: bool = False
+    compile: bool = False           # also time kdzoo with --compile
+    amp: str | None = None          # also time kdzoo with --amp AMP
     epoch: bool = False             # also time one whole epoch + evaluation per side
     threads: int | None = None
     workdir: str | None = None      # where data and caches go (default: a temporary folder)
@@ -59,17 +61,18 @@ class KdzooRunner:
     """kdzoo's real training step (the loop's own ``train_step``) on a CIFAR-format folder."""
 
     def __init__(self, method: str, data_root: Path, options: BenchOptions, batch_size: int,
-                 teacher_cache: bool, cache_dir: Path) -> None:
+                 teacher_cache: bool, cache_dir: Path, teacher_file: Path,
+                 compile: bool = False, amp: str | None = None) -> None:
         overrides: dict[str, Any] = {
             "method": {"name": method},
             "student": {"name": options.student},
             "data": {"name": "cifar10", "data_dir": str(data_root)},
             "optim": {"epochs": 1, "batch_size": batch_size, "lr": 0.05},
-            "device": options.device, "compile": options.compile, "seed": options.seed,
+            "device": options.device, "compile": compile, "amp": amp, "seed": options.seed,
             "teacher_cache": teacher_cache, "cache_dir": str(cache_dir),
         }
         if method != "baseline":
-            overrides["teacher"] = {"name": options.teacher, "untrained": True}
+            overrides["teacher"] = {"name": options.teacher, "checkpoint": str(teacher_file)}
         self.config = resolve_config(overrides=overrides)
         self.parts = build(self.config)
         self.trainer = Trainer(self.parts, RunDir(cache_dir / "unused-run"), progress=False)
@@ -105,6 +108,25 @@ class KdzooRunner:
         stats = self.trainer.train_epoch(self.stage, 1, 0.05)
         stats.update(self.trainer.evaluate_epoch())
         return stats
+
+
+def calibrated_teacher(name: str, data_root: Path, path: Path, batches: int = 4) -> Path:
+    """A teacher file whose BatchNorm statistics are measured on the benchmark's images, as a
+    trained teacher's are: its outputs then have a realistic scale (an untrained deep ResNet's
+    logits explode in eval mode). Its speed is that of any teacher of this architecture."""
+    from ..data import BatchLoader, load_dataset
+    from ..models import create_model, export_model
+
+    data = load_dataset("cifar10", data_root)
+    teacher = create_model(name, num_classes=data.num_classes).train()
+    for module in teacher.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # a plain average over the calibration batches
+    with torch.no_grad():
+        for _, batch in zip(range(batches), BatchLoader(data, 128).train_batches(0, 1)):
+            teacher(batch.images)
+    export_model(teacher.eval(), path)
+    return path
 
 
 def write_bench_data(root: Path, images: int, test_images: int, seed: int) -> Path:
@@ -148,77 +170,91 @@ def run_bench(options: BenchOptions, report: Callable[[str], None] = print) -> d
                                    "cases": {}}
         if peak:
             report(f"measured fp32 matmul peak: {peak:.0f} GFLOP/s")
+        teacher_file = calibrated_teacher(options.teacher, data_root, work / "teacher.pt")
         for case in options.cases:
-            results["cases"][case] = run_case(case, data_root, work, options, peak, report)
+            results["cases"][case] = run_case(case, data_root, work, teacher_file, options,
+                                              peak, report)
     return results
 
 
-def run_case(case: str, data_root: Path, work: Path, options: BenchOptions,
-             peak: float | None, report: Callable[[str], None]) -> dict[str, Any]:
+def run_case(case: str, data_root: Path, work: Path, teacher_file: Path,
+             options: BenchOptions, peak: float | None,
+             report: Callable[[str], None]) -> dict[str, Any]:
     method, conventional_case, cached = CASES[case]
     batch = options.batch_size or (64 if method == "crd" else 128)
-    report(f"[{case}] building both sides (batch {batch})")
+    report(f"[{case}] building the sides (batch {batch})")
     conventional = ConventionalRunner(conventional_case, data_root, teacher=options.teacher,
                                       student=options.student, batch_size=batch,
-                                      device=options.device, seed=options.seed)
-    kdzoo = KdzooRunner(method, data_root, options, batch, cached, work / "cache")
+                                      device=options.device, seed=options.seed,
+                                      teacher_checkpoint=teacher_file)
+    kdzoo_sides = {"kdzoo": KdzooRunner(method, data_root, options, batch, cached,
+                                        work / "cache", teacher_file)}
+    if options.compile:
+        kdzoo_sides["kdzoo --compile"] = KdzooRunner(method, data_root, options, batch, cached,
+                                                     work / "cache", teacher_file, compile=True)
+    if options.amp:
+        kdzoo_sides[f"kdzoo --amp {options.amp}"] = KdzooRunner(
+            method, data_root, options, batch, cached, work / "cache", teacher_file,
+            amp=options.amp)
     timed_steps = options.warmup + options.rounds * options.steps
     if cached:
-        kdzoo.prefill_cache(timed_steps)
-    times = time_interleaved({"conventional": conventional.step, "kdzoo": kdzoo.step},
-                             rounds=options.rounds, steps_per_round=options.steps,
+        kdzoo_sides["kdzoo"].prefill_cache(timed_steps)
+    for runner in kdzoo_sides.values():  # compile (if any) before timing starts
+        runner.step()
+    steps = {"conventional": conventional.step, **{k: r.step for k, r in kdzoo_sides.items()}}
+    times = time_interleaved(steps, rounds=options.rounds, steps_per_round=options.steps,
                              warmup=options.warmup)
-    result: dict[str, Any] = {"batch_size": batch, "seconds_per_step": times}
-    student_flops = flops_per_image(kdzoo.parts.student)
+    result: dict[str, Any] = {"batch_size": batch, "seconds_per_step": times, "sides": {}}
+    any_kdzoo = kdzoo_sides["kdzoo"]
+    student_flops = flops_per_image(any_kdzoo.parts.student)
     teacher_flops = 0 if (method == "baseline" or cached) else flops_per_image(
-        kdzoo.parts.teacher)
-    for side in ("conventional", "kdzoo"):
-        summary = summarize(times[side])
-        best, median = summary.rate(batch)
-        result[side] = {"images_per_second_best": best, "images_per_second_median": median}
-    result["ratio_median"] = (result["kdzoo"]["images_per_second_median"]
-                              / result["conventional"]["images_per_second_median"])
-    result["ratio_best"] = (result["kdzoo"]["images_per_second_best"]
-                            / result["conventional"]["images_per_second_best"])
+        any_kdzoo.parts.teacher)
     gflop_per_image = (3 * student_flops + teacher_flops) / 1e9
     result["gflop_per_image"] = gflop_per_image
-    result["kdzoo_gflops"] = gflop_per_image * result["kdzoo"]["images_per_second_median"]
-    if peak:
-        result["kdzoo_percent_of_peak"] = 100 * result["kdzoo_gflops"] / peak
+    conventional_best, conventional_median = summarize(times["conventional"]).rate(batch)
+    for side, samples in times.items():
+        best, median = summarize(samples).rate(batch)
+        entry = {"images_per_second_best": best, "images_per_second_median": median,
+                 "gflops_median": gflop_per_image * median,
+                 "ratio_median": median / conventional_median,
+                 "ratio_best": best / conventional_best}
+        if peak:
+            entry["percent_of_matmul_peak"] = 100 * entry["gflops_median"] / peak
+        result["sides"][side] = entry
     report(format_case(case, result))
     if options.epoch:
-        result["epoch"] = time_epochs(conventional, kdzoo, cached, report)
+        result["epoch"] = time_epochs(conventional, kdzoo_sides, cached, report)
     return result
 
 
-def time_epochs(conventional: ConventionalRunner, kdzoo: KdzooRunner, cached: bool,
-                report: Callable[[str], None]) -> dict[str, Any]:
+def time_epochs(conventional: ConventionalRunner, kdzoo_sides: dict[str, KdzooRunner],
+                cached: bool, report: Callable[[str], None]) -> dict[str, Any]:
     """One whole epoch (data pipeline + steps) and a test-set evaluation per side."""
-    import time
-
     if cached:  # the epoch's views must be in the cache: fill them first (not timed)
-        kdzoo.prefill_cache(kdzoo.parts.loader.steps_per_epoch)
+        runner = kdzoo_sides["kdzoo"]
+        runner.prefill_cache(runner.parts.loader.steps_per_epoch)
     start = time.perf_counter()
     conventional.epoch()
     conventional.evaluate()
-    conventional_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    kdzoo.epoch()
-    kdzoo_seconds = time.perf_counter() - start
-    result = {"conventional_seconds": conventional_seconds, "kdzoo_seconds": kdzoo_seconds,
-              "ratio": conventional_seconds / kdzoo_seconds}
-    report(f"    whole epoch + evaluation: conventional {conventional_seconds:.1f}s, kdzoo "
-           f"{kdzoo_seconds:.1f}s, ratio {result['ratio']:.2f}x")
+    seconds = {"conventional": time.perf_counter() - start}
+    for side, runner in kdzoo_sides.items():
+        start = time.perf_counter()
+        runner.epoch()
+        seconds[side] = time.perf_counter() - start
+    result = {"seconds": seconds,
+              "ratios": {k: seconds["conventional"] / v for k, v in seconds.items()}}
+    report("    whole epoch + evaluation: " + ", ".join(
+        f"{k} {v:.1f}s ({result['ratios'][k]:.2f}x)" for k, v in seconds.items()))
     return result
 
 
 def format_case(case: str, result: dict[str, Any]) -> str:
-    conv, kd = result["conventional"], result["kdzoo"]
-    line = (f"[{case}] conventional {conv['images_per_second_median']:.1f} img/s, kdzoo "
-            f"{kd['images_per_second_median']:.1f} img/s (median step; best "
-            f"{conv['images_per_second_best']:.1f} vs {kd['images_per_second_best']:.1f}): "
-            f"{result['ratio_median']:.2f}x (best {result['ratio_best']:.2f}x); kdzoo "
-            f"{result['kdzoo_gflops']:.0f} GFLOP/s")
-    if "kdzoo_percent_of_peak" in result:
-        line += f" = {result['kdzoo_percent_of_peak']:.0f}% of the matmul peak"
-    return line
+    parts = []
+    for side, entry in result["sides"].items():
+        text = (f"{side} {entry['images_per_second_median']:.1f} img/s "
+                f"(best {entry['images_per_second_best']:.1f})")
+        if side != "conventional":
+            text += (f" = {entry['ratio_median']:.2f}x (best {entry['ratio_best']:.2f}x), "
+                     f"{entry['gflops_median']:.0f} GFLOP/s")
+        parts.append(text)
+    return f"[{case}] " + "; ".join(parts)

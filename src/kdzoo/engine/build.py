@@ -46,6 +46,18 @@ def check_amp(config: TrainConfig, device: torch.device) -> None:
                     "much slower than float32 here (measured 14-30x on AVX2 CPUs)")
 
 
+#: Images per inference forward on a CPU: small enough for a layer's activations to stay in
+#: the cache (measured: 32 is fastest for CIFAR ResNets on a 2-core machine).
+CPU_INFERENCE_CHUNK = 32
+
+
+def inference_chunk(config: TrainConfig, device: torch.device) -> int | None:
+    """Images per teacher/evaluation forward (None: the whole batch)."""
+    if config.inference_chunk is not None:
+        return config.inference_chunk
+    return CPU_INFERENCE_CHUNK if device.type == "cpu" else None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,6 +82,8 @@ def validate_config(config: TrainConfig) -> None:
     for key in ("momentum", "weight_decay"):
         if getattr(optim, key) < 0:
             raise ConfigError(f"optim.{key} must not be negative, got {getattr(optim, key)}")
+    if config.inference_chunk is not None and config.inference_chunk < 1:
+        raise ConfigError(f"inference_chunk must be positive, got {config.inference_chunk}")
     if config.eval_batch_size is not None and config.eval_batch_size < 1:
         raise ConfigError(f"eval_batch_size must be positive, got {config.eval_batch_size}")
     if config.nonfinite not in ("stop", "skip"):
@@ -178,8 +192,9 @@ def build(config: TrainConfig) -> Components:
     if teacher is not None:
         teacher.to(device=device, memory_format=memory_format)
     method.to(device)
+    chunk = inference_chunk(config, device)
     loader = BatchLoader(data, config.optim.batch_size, device, channels_last=config.channels_last,
-                         eval_batch_size=config.eval_batch_size)
+                         eval_batch_size=config.eval_batch_size or chunk)
     cache = None
     if config.teacher_cache and teacher is not None:
         if not method_cls.can_use_teacher_cache():
@@ -194,7 +209,7 @@ def build(config: TrainConfig) -> Components:
     if teacher is not None and not method_cls.trains_teacher:
         runner = TeacherRunner(teacher, method_cls.required_teacher_points(),
                                fold_bn=config.fold_teacher_bn, compile=config.compile,
-                               memory_format=memory_format)
+                               memory_format=memory_format, chunk=chunk)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
     return Components(config, device, data, loader, student, teacher, method, stages, schedule,

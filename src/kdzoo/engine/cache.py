@@ -71,6 +71,20 @@ class ViewSpace:
         return torch.stack([view // side, view % side], dim=1), flips
 
 
+def _as_float16(logits: Tensor) -> np.ndarray:
+    """Logits as float16 for storage; values beyond its range (65504) are refused, never
+    stored as infinities."""
+    values = logits.detach().float().cpu()
+    largest = float(values.abs().max()) if values.numel() else 0.0
+    if not largest <= float(np.finfo(np.float16).max):
+        raise KdzooError(
+            f"the teacher's logits reach {largest:.3g}, beyond what the float16 teacher cache "
+            "can store; is the teacher trained (its BatchNorm statistics set)? Run without "
+            "--teacher-cache"
+        )
+    return values.numpy().astype(np.float16)
+
+
 def cache_key(teacher: FeatureNet, data: ImageDataset) -> str:
     """A hash of everything the cached logits depend on."""
     digest = hashlib.sha256()
@@ -135,14 +149,14 @@ class TeacherCache:
 
     def store(self, indices: Tensor, views: Tensor, logits: Tensor) -> None:
         i, v = indices.cpu().numpy(), views.cpu().numpy()
-        self.train[i, v] = logits.detach().float().cpu().numpy().astype(np.float16)
+        self.train[i, v] = _as_float16(logits)
         self.train_filled[i, v] = 1  # after the values: a flag never precedes its data
 
     def test_logits(self) -> Tensor | None:
         return torch.from_numpy(self.test.astype(np.float32)) if self.test_filled[0] else None
 
     def store_test_logits(self, logits: Tensor) -> None:
-        self.test[:] = logits.detach().float().cpu().numpy().astype(np.float16)
+        self.test[:] = _as_float16(logits)
         self.test.flush()
         self.test_filled[0] = 1
 

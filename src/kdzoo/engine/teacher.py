@@ -9,7 +9,11 @@ A frozen teacher only ever runs inference, so kdzoo runs a copy of it
   tensors (a clone: inference tensors cannot be saved for backward),
 * in channels_last layout when the run uses it, optionally compiled with TorchInductor's
   freezing (``--compile``), which on CPU reaches ~80% of the matmul peak,
-* asked only for the feature points the method needs.
+* asked only for the feature points the method needs,
+* on the CPU, in chunks of 32 images: an inference pass keeps no activations, so small chunks
+  keep each layer's input and output in the core's cache (resnet110 -> 1.7x faster than whole
+  batches of 128 on a 2-core AVX-512 machine). Exact: eval-mode networks treat every image
+  independently.
 
 The original teacher module is kept for what needs autograd through it (Sobolev, LwM, BSS).
 """
@@ -64,8 +68,9 @@ class TeacherRunner:
 
     def __init__(self, teacher: FeatureNet, points: tuple[str, ...], *, fold_bn: bool = True,
                  compile: bool = False, memory_format: torch.memory_format =
-                 torch.contiguous_format) -> None:
+                 torch.contiguous_format, chunk: int | None = None) -> None:
         self.points = points
+        self.chunk = chunk
         model = fold_batchnorm(teacher) if fold_bn else teacher
         self.model = model.to(memory_format=memory_format)
         forward: Callable[[Tensor], Feats] = lambda x: self.model.forward_features(x, points)
@@ -79,6 +84,10 @@ class TeacherRunner:
         self.forward = forward
 
     def __call__(self, images: Tensor) -> Feats:
+        chunks = [images] if self.chunk is None else images.split(self.chunk)
         with torch.inference_mode():
-            feats = self.forward(images)
-        return {name: value.clone() for name, value in feats.items()}
+            parts = [self.forward(piece) for piece in chunks]
+        # Outside inference mode, clone/cat make the ordinary tensors autograd may save.
+        if len(parts) == 1:
+            return {name: value.clone() for name, value in parts[0].items()}
+        return {name: torch.cat([part[name] for part in parts]) for name in self.points}
