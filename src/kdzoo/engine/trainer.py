@@ -238,12 +238,10 @@ class Trainer:
         labels = parts.loader.data.test_labels
         cache = parts.teacher_cache
         logits = cache.test_logits() if cache is not None else None
-        if logits is None and parts.teacher_runner is not None:
-            runner = parts.teacher_runner  # the fast path computes the same logits, sooner
-            logits = torch.cat([runner(batch.images)["logits"]
-                                for batch in parts.loader.test_batches()])
         if logits is None:
-            logits = predict(parts.teacher, parts.loader)
+            runner = parts.teacher_runner  # the fast path computes the same logits, sooner
+            logits = (predict(parts.teacher, parts.loader) if runner is None else
+                      torch.cat([runner(b.images)["logits"] for b in parts.loader.test_batches()]))
             if cache is not None:
                 cache.store_test_logits(logits)
         return accuracy_of_logits(logits.to(labels.device).float(), labels)
