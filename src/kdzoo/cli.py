@@ -150,20 +150,30 @@ def _add_eval_parser(sub: Any) -> None:
     p.add_argument("--trust-checkpoint", action="store_true")
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import BatchLoader, load_dataset
-    from .engine import evaluate
-    from .engine.build import resolve_device
+def _trained_model_and_data(args: argparse.Namespace, model_name: str,
+                            checkpoint: str) -> tuple[Any, Any, torch.device]:
+    """(model with its weights, dataset, device) for eval and cache-teacher, checking the
+    cheap inputs before loading anything."""
+    from .data import load_dataset
+    from .engine.build import freeze, resolve_device
     from .models import MODELS, create_model
 
-    MODELS.get(args.model)
+    MODELS.get(model_name)
     if args.batch_size < 1:
         raise KdzooError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
     data = load_dataset(args.data, args.data_dir, args.download)
-    model = create_model(args.model, num_classes=data.num_classes, in_chans=data.in_chans,
-                         checkpoint=args.checkpoint, trust_checkpoint=args.trust_checkpoint)
-    result = evaluate(model.to(device), BatchLoader(data, args.batch_size, device))
+    model = create_model(model_name, num_classes=data.num_classes, in_chans=data.in_chans,
+                         checkpoint=checkpoint, trust_checkpoint=args.trust_checkpoint)
+    return freeze(model).to(device), data, device
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import BatchLoader
+    from .engine import evaluate
+
+    model, data, device = _trained_model_and_data(args, args.model, args.checkpoint)
+    result = evaluate(model, BatchLoader(data, args.batch_size, device))
     print(f"{args.model} on {args.data} test ({len(data.test_labels)} images): "
           f"top-1 {result['top1']:.2f}%, top-5 {result['top5']:.2f}%, loss {result['loss']:.4f}")
     return 0
@@ -219,23 +229,15 @@ def _add_cache_parser(sub: Any) -> None:
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .data import load_dataset
-    from .engine.build import freeze, resolve_device
+    from .engine.build import CPU_INFERENCE_CHUNK
     from .engine.cache import TeacherCache, fill_cache
     from .engine.teacher import TeacherRunner
-    from .models import MODELS, create_model
 
-    MODELS.get(args.teacher)
-    if args.batch_size < 1:
-        raise KdzooError(f"--batch-size must be positive, got {args.batch_size}")
-    device = resolve_device(args.device)
-    data = load_dataset(args.data, args.data_dir, args.download)
-    teacher = freeze(create_model(args.teacher, num_classes=data.num_classes,
-                                  in_chans=data.in_chans, checkpoint=args.teacher_checkpoint,
-                                  trust_checkpoint=args.trust_checkpoint))
+    teacher, data, device = _trained_model_and_data(args, args.teacher, args.teacher_checkpoint)
     cache = TeacherCache.for_teacher(teacher, data, args.cache_dir)
-    runner = TeacherRunner(teacher.to(device), ("logits",), compile=args.compile,
-                           memory_format=torch.channels_last)
+    runner = TeacherRunner(teacher, ("logits",), compile=args.compile,
+                           memory_format=torch.channels_last,
+                           chunk=CPU_INFERENCE_CHUNK if device.type == "cpu" else None)
     views = cache.views.size
     log.info("teacher cache %s: %d images x %d views x %d classes (%.0f%% filled)",
              cache.folder, len(data.train_labels), views, data.num_classes,
@@ -277,8 +279,6 @@ def _add_bench_parser(sub: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
     from .bench.run import CASES, BenchOptions, run_bench
     from .registry import did_you_mean
 

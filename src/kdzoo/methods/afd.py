@@ -9,6 +9,7 @@ from .. import functional as KF
 from ..errors import ConfigError
 from ..models.features import Feats
 from .base import Method, MethodContext, Step
+from ._feature_maps import conv_bn_connector
 from .registry import register_method
 
 
@@ -33,16 +34,6 @@ class ChannelAttention(nn.Module):
         # when B = 1 and the normalisation below then fails (seed-zoo.md 6b item 8)
         rho = torch.sigmoid(self.attention(pooled).flatten(1))
         return rho / rho.sum(dim=1, keepdim=True)
-
-
-def _connector(in_ch: int, out_ch: int) -> nn.Sequential:
-    """Conv1x1 (no bias) + BN from the student's width to the teacher's (RepDistiller style)."""
-    connector = nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=False),
-                              nn.BatchNorm2d(out_ch))
-    nn.init.kaiming_normal_(connector[0].weight, mode="fan_out", nonlinearity="relu")
-    nn.init.ones_(connector[1].weight)
-    nn.init.zeros_(connector[1].bias)
-    return connector
 
 
 @register_method("afd")
@@ -84,7 +75,7 @@ class AttentiveFeatureDistillation(Method):
                                   f"{point}; use a larger value")
             attentions.append(ChannelAttention(teacher_ch, hidden))
             connectors.append(nn.Identity() if student_ch == teacher_ch
-                              else _connector(student_ch, teacher_ch))
+                              else conv_bn_connector(student_ch, teacher_ch))
         self.attentions = nn.ModuleList(attentions)
         self.connectors = nn.ModuleList(connectors)
 

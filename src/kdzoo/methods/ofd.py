@@ -8,19 +8,10 @@ from ..errors import ConfigError
 from ..models.cifar_resnet import CifarResNet
 from ..models.features import Feats
 from .base import Method, MethodContext, Step
+from ._feature_maps import conv_bn_connector
 from .registry import register_method
 
 MARGINS = ("batch", "bn")
-
-
-def _connector(in_ch: int, out_ch: int) -> nn.Sequential:
-    """Conv1x1 (no bias) + BN, kaiming fan_out / BN 1-0 init, as the reference's ``OFD``."""
-    connector = nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=False),
-                              nn.BatchNorm2d(out_ch))
-    nn.init.kaiming_normal_(connector[0].weight, mode="fan_out", nonlinearity="relu")
-    nn.init.ones_(connector[1].weight)
-    nn.init.zeros_(connector[1].bias)
-    return connector
 
 
 def teacher_bn_before(teacher: nn.Module, point: str) -> nn.BatchNorm2d:
@@ -77,7 +68,7 @@ class OverhaulFeatureDistillation(Method):
         self.weight = weight
         self.margin = margin
         self.connectors = nn.ModuleList(
-            _connector(ctx.student_info[p].channels, ctx.teacher_info[p].channels)
+            conv_bn_connector(ctx.student_info[p].channels, ctx.teacher_info[p].channels)
             for p in self.points)
 
     def teacher_margin(self, teacher_map: Tensor, point: str, step: Step) -> Tensor:
