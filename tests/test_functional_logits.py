@@ -92,3 +92,35 @@ def test_boundary_supporting_kl_gradcheck(squared):
     s, t = logits_pair(6, (3, 5))
     fn = lambda a, b: KF.boundary_supporting_kl(a, b, 3.0, squared)
     assert torch.autograd.gradcheck(fn, (s.requires_grad_(), t.requires_grad_()))
+
+
+def test_public_functional_api_is_complete():
+    """The names and signatures the documentation promises, and every topic module's exports."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import kdzoo.functional as KF
+
+    promised = {
+        "logits_mse": ["student_logits", "teacher_logits"],
+        "soft_target": ["student_logits", "teacher_logits", "temperature"],
+        "attention_transfer": ["student_feat", "teacher_feat", "p"],
+        "hint": ["student_feat", "teacher_feat"],
+        "neuron_selectivity_transfer": ["student_feat", "teacher_feat"],
+        "probabilistic_knowledge_transfer": ["student_emb", "teacher_emb"],
+        "fsp": ["student_first", "student_second", "teacher_first", "teacher_second"],
+        "factor_transfer": ["student_factor", "teacher_factor"],
+        "mutual_learning": ["logits", "peer_logits"],
+        "relational_kd": ["student_emb", "teacher_emb", "distance_weight", "angle_weight"],
+        "activation_boundary": ["student_preact", "teacher_preact", "margin"],
+        "similarity_preserving": ["student_feat", "teacher_feat"],
+        "correlation_congruence": ["student_emb", "teacher_emb", "gamma", "order"],
+    }
+    for name, params in promised.items():
+        signature = list(inspect.signature(getattr(KF, name)).parameters)
+        assert signature[: len(params)] == params, name
+    exported = set()
+    for module in pkgutil.iter_modules(KF.__path__):
+        exported |= set(importlib.import_module(f"kdzoo.functional.{module.name}").__all__)
+    assert exported == set(KF.__all__)

@@ -67,7 +67,12 @@ def _add_train_parser(sub: Any) -> None:
     speed = p.add_argument_group("speed")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the student and the frozen teacher (start-up cost)")
-    speed.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (CUDA)")
+    speed.add_argument("--amp", choices=["bf16", "fp16"],
+                       help="mixed precision (fp16: CUDA only; bf16 is fast only on GPUs and "
+                            "CPUs with native bfloat16)")
+    speed.add_argument("--cudnn-benchmark", action="store_true",
+                       help="let cuDNN pick the fastest convolution algorithms (CUDA; runs "
+                            "are then not bit-reproducible)")
     speed.add_argument("--teacher-cache", action="store_true",
                        help="reuse (and fill) the on-disk teacher logits of every augmented "
                             "view; for methods that need only the teacher's logits")
@@ -100,6 +105,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("deterministic",): args.deterministic or None,
         ("compile",): args.compile or None,
         ("amp",): args.amp,
+        ("cudnn_benchmark",): args.cudnn_benchmark or None,
         ("teacher_cache",): args.teacher_cache or None,
         ("cache_dir",): args.cache_dir,
         ("channels_last",): False if args.plain else None,
