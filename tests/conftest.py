@@ -35,3 +35,28 @@ def small_config(tmp_path, **overrides):
 @pytest.fixture
 def make_config(tmp_path):
     return lambda **overrides: small_config(tmp_path, **overrides)
+
+
+@pytest.fixture
+def crashed_and_resumed(monkeypatch):
+    """``run(config, crash_at)``: fit ``config``, interrupted as its ``crash_at``-th epoch
+    starts (after the previous epochs' checkpoints), then resume it; returns the resumed run."""
+    from kdzoo.engine import Trainer, fit
+
+    def run(config, crash_at, **fit_kwargs):
+        original = Trainer.train_epoch
+        calls = {"n": 0}
+
+        def crashing(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == crash_at:
+                raise KeyboardInterrupt
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Trainer, "train_epoch", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            fit(config, **fit_kwargs)
+        monkeypatch.setattr(Trainer, "train_epoch", original)
+        return fit(config, resume=True, **fit_kwargs)
+
+    return run

@@ -241,10 +241,10 @@ def test_defaults_are_the_reference_example():
     assert method.embed_s.linear.in_features == 6 and method.embed_t.linear.in_features == 10
 
 
-def test_resumed_run_equals_uninterrupted_run(make_config, tmp_path, monkeypatch):
+def test_resumed_run_equals_uninterrupted_run(make_config, tmp_path, crashed_and_resumed):
     """Negatives come from the step's generator and Z and the banks are buffers: a run resumed
     after epoch 1 ends bit-identical to one that never stopped."""
-    from kdzoo.engine import Trainer, fit
+    from kdzoo.engine import fit
 
     def config(out):
         return make_config(method={"name": "crd", "nce_k": 20, "feat_dim": 16},
@@ -253,20 +253,7 @@ def test_resumed_run_equals_uninterrupted_run(make_config, tmp_path, monkeypatch
                            optim={"epochs": 2, "batch_size": 16}, out=str(tmp_path / out))
 
     whole = fit(config("whole"))
-    original = Trainer.train_epoch
-    calls = {"n": 0}
-
-    def crash_on_second(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config("broken"))
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = fit(config("broken"), resume=True)
+    resumed = crashed_and_resumed(config("broken"), crash_at=2)
     for key, value in whole.student.state_dict().items():
         assert torch.equal(value, resumed.student.state_dict()[key]), key
     # The run checkpoint holds the method's state: banks, normalisers and embeddings.

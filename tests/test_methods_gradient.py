@@ -405,25 +405,12 @@ def test_dml_fit_trains_evaluates_and_exports_both_nets(make_config):
 
 # ------------------------------------------------------------------ resume (DML peer, BSS draws)
 @pytest.mark.parametrize("method", [{"name": "dml"}, {"name": "bss", "warmup_epochs": 0}])
-def test_resume_equals_uninterrupted(make_config, tmp_path, monkeypatch, method):
+def test_resume_equals_uninterrupted(make_config, tmp_path, crashed_and_resumed, method):
     settings = dict(method=method, teacher={"name": "resnet8", "untrained": True},
                     optim={"epochs": 3})
     whole = fit(make_config(out=str(tmp_path / "whole"), **settings))
     broken = make_config(out=str(tmp_path / "broken"), **settings)
-    original = Trainer.train_epoch
-    calls = {"n": 0}
-
-    def crash_on_third(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        fit(broken)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = fit(broken, resume=True)
+    resumed = crashed_and_resumed(broken, crash_at=3)
     for key, value in whole.student.state_dict().items():
         assert torch.equal(value, resumed.student.state_dict()[key]), key
     if method["name"] == "dml":

@@ -104,7 +104,7 @@ def test_ft_stages_lr_losses_and_freezing(make_config):
 
 
 def test_ft_resume_inside_the_main_stage_equals_uninterrupted(make_config, tmp_path,
-                                                              monkeypatch):
+                                                              crashed_and_resumed):
     """Resuming re-applies the end of the paraphraser stage: frozen paraphraser, trained
     translator, and the same student as a run that was never interrupted."""
     def config(name):
@@ -112,19 +112,7 @@ def test_ft_resume_inside_the_main_stage_equals_uninterrupted(make_config, tmp_p
                            optim={"epochs": 2}, out=str(tmp_path / name))
 
     whole = fit(config("whole"), progress=False)
-    original, calls = Trainer.train_epoch, {"n": 0}
-
-    def crash_in_second_main_epoch(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_second_main_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config("broken"), progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = fit(config("broken"), resume=True, progress=False)
+    resumed = crashed_and_resumed(config("broken"), progress=False, crash_at=3)
     assert same_state(snapshot(whole.student), snapshot(resumed.student))
     assert [m["stage"] for m in read_metrics(resumed.path)] == ["paraphraser", "main", "main"]
 

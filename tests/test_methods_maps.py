@@ -251,27 +251,14 @@ def test_stages_share_one_optimizer_and_the_main_stage_skips_teacher(make_config
 
 
 def test_resume_across_the_stage_boundary_equals_uninterrupted(make_config, tmp_path,
-                                                               monkeypatch):
+                                                               crashed_and_resumed):
     def config(out):
         return make_config(method={"name": "fsp", "init_epochs": 2}, optim={"epochs": 1},
                            teacher={"name": "resnet8x4", "untrained": True},
                            data={"train_size": 64, "test_size": 16}, out=str(tmp_path / out))
 
     whole = fit(config("whole"), progress=False)
-    original = Trainer.train_epoch
-    calls = {"n": 0}
-
-    def crash_in_main_stage(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_main_stage)
-    with pytest.raises(KeyboardInterrupt):
-        fit(config("broken"), progress=False)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = fit(config("broken"), resume=True, progress=False)
+    resumed = crashed_and_resumed(config("broken"), progress=False, crash_at=3)
     for key, value in whole.student.state_dict().items():
         assert torch.equal(value, resumed.student.state_dict()[key]), key
     assert [m["stage"] for m in read_metrics(resumed.path)] == ["init", "init", "main"]

@@ -84,26 +84,12 @@ def test_run_folder_contents(make_config):
     assert torch.equal(loaded.fc.weight, result.student.fc.weight.cpu())
 
 
-def test_resume_equals_uninterrupted(make_config, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(make_config, tmp_path, crashed_and_resumed):
     config = make_config(optim={"epochs": 3}, out=str(tmp_path / "whole"))
     whole = fit(config)
 
     broken = make_config(optim={"epochs": 3}, out=str(tmp_path / "broken"))
-    original = Trainer.train_epoch
-    calls = {"n": 0}
-
-    def crash_on_third(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        fit(broken)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    assert len(read_metrics(broken.out)) == 2
-    resumed = fit(broken, resume=True)
+    resumed = crashed_and_resumed(broken, crash_at=3)
     assert_same_state(whole.student.state_dict(), resumed.student.state_dict())
     assert [m["epoch"] for m in read_metrics(resumed.path)] == [1, 2, 3]
 
