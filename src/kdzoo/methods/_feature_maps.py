@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 from torch import Tensor, nn
 
+from .. import functional as KF
 from ..engine.schedule import Piecewise
 from ..errors import ConfigError
-from .base import MethodContext, Stage
+from ..models.features import Feats
+from .base import Method, MethodContext, Stage
 
 #: The reference's ``adjust_lr_init`` splits its 50 epochs 30 / 10 / 10.
 INIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -42,6 +44,33 @@ def width_connectors(ctx: MethodContext, points: Iterable[str]) -> nn.ModuleDict
 def connect(connectors: nn.ModuleDict, point: str, student_feat: Tensor) -> Tensor:
     """The student's map at ``point``, through its connector when it has one."""
     return connectors[point](student_feat) if point in connectors else student_feat
+
+
+def averaged_point_loss(connectors: nn.ModuleDict, points: Iterable[str], student: Feats,
+                        teacher: Feats, loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """The reference's per-stage average: mean over ``points`` of ``loss(s, t)``, the student's
+    map going through its connector (if any) and the larger map pooled to the other's size."""
+    losses = []
+    for point in points:
+        s, t = KF.match_spatial_size(connect(connectors, point, student[point]), teacher[point])
+        losses.append(loss(s, t))
+    return sum(losses) / len(losses)
+
+
+class InitThenCrossEntropy(Method):
+    """FSP's and AB's shape: ``init_epochs`` of the method alone, then cross-entropy only (see
+    :func:`init_then_ce_stages`). Subclasses call :meth:`set_init_stage` in ``__init__``."""
+
+    init_epochs: int
+    init_lr: float
+
+    def set_init_stage(self, init_epochs: int, init_lr: float) -> None:
+        check_init_settings(self.name, init_epochs, init_lr)
+        self.init_epochs = init_epochs
+        self.init_lr = init_lr
+
+    def stages(self, main: Stage) -> list[Stage]:
+        return init_then_ce_stages(main, self.name, self.init_epochs, self.init_lr)
 
 
 def init_schedule(init_epochs: int, init_lr: float = 0.01) -> Piecewise:

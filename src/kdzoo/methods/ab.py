@@ -6,13 +6,13 @@ from torch import Tensor
 
 from .. import functional as KF
 from ..models.features import Feats
-from ._feature_maps import check_init_settings, connect, init_then_ce_stages, width_connectors
-from .base import Method, MethodContext, Stage, Step
+from ._feature_maps import InitThenCrossEntropy, averaged_point_loss, width_connectors
+from .base import MethodContext, Step
 from .registry import register_method
 
 
 @register_method("ab")
-class ActivationBoundary(Method):
+class ActivationBoundary(InitThenCrossEntropy):
     """Activation boundaries: "Knowledge Transfer via Distillation of Activation Boundaries Formed
     by Hidden Neurons", Heo, Lee, Yun & Choi, AAAI 2019.
 
@@ -44,21 +44,13 @@ class ActivationBoundary(Method):
     def __init__(self, ctx: MethodContext, weight: float = 10.0, margin: float = 2.0,
                  init_epochs: int = 50, init_lr: float = 0.01) -> None:
         super().__init__(ctx)
-        check_init_settings(self.name, init_epochs, init_lr)
+        self.set_init_stage(init_epochs, init_lr)
         self.weight = weight
         self.margin = margin
-        self.init_epochs = init_epochs
-        self.init_lr = init_lr
         self.connectors = width_connectors(ctx, self.points)
-
-    def stages(self, main: Stage) -> list[Stage]:
-        return init_then_ce_stages(main, self.name, self.init_epochs, self.init_lr)
 
     def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        losses = []
-        for point in self.points:
-            s, t = KF.match_spatial_size(connect(self.connectors, point, student[point]),
-                                         teacher[point])
-            losses.append(KF.activation_boundary(s, t, self.margin))
-        return {"ab": sum(losses) / len(losses) * self.weight}
+        loss = averaged_point_loss(self.connectors, self.points, student, teacher,
+                                   lambda s, t: KF.activation_boundary(s, t, self.margin))
+        return {"ab": loss * self.weight}

@@ -5,7 +5,7 @@ from torch import Tensor
 
 from .. import functional as KF
 from ..models.features import Feats
-from ._feature_maps import connect, width_connectors
+from ._feature_maps import averaged_point_loss, width_connectors
 from .base import Method, MethodContext, Step
 from .registry import register_method
 
@@ -39,9 +39,5 @@ class FitNet(Method):
 
     def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        losses = []
-        for point in self.points:
-            s, t = KF.match_spatial_size(connect(self.connectors, point, student[point]),
-                                         teacher[point])
-            losses.append(KF.hint(s, t))
-        return {"fitnet": sum(losses) / len(losses) * self.weight}
+        loss = averaged_point_loss(self.connectors, self.points, student, teacher, KF.hint)
+        return {"fitnet": loss * self.weight}

@@ -6,13 +6,13 @@ from torch import Tensor
 
 from .. import functional as KF
 from ..models.features import Feats
-from ._feature_maps import check_init_settings, connect, init_then_ce_stages, width_connectors
-from .base import Method, MethodContext, Stage, Step
+from ._feature_maps import InitThenCrossEntropy, connect, width_connectors
+from .base import MethodContext, Step
 from .registry import register_method
 
 
 @register_method("fsp")
-class FlowOfSolutionProcedure(Method):
+class FlowOfSolutionProcedure(InitThenCrossEntropy):
     """FSP matrices: "A Gift from Knowledge Distillation: Fast Optimization, Network Minimization
     and Transfer Learning", Yim, Joo, Bae & Kim, CVPR 2017.
 
@@ -46,14 +46,9 @@ class FlowOfSolutionProcedure(Method):
     def __init__(self, ctx: MethodContext, weight: float = 1.0, init_epochs: int = 50,
                  init_lr: float = 0.01) -> None:
         super().__init__(ctx)
-        check_init_settings(self.name, init_epochs, init_lr)
+        self.set_init_stage(init_epochs, init_lr)
         self.weight = weight
-        self.init_epochs = init_epochs
-        self.init_lr = init_lr
         self.connectors = width_connectors(ctx, self.points)
-
-    def stages(self, main: Stage) -> list[Stage]:
-        return init_then_ce_stages(main, self.name, self.init_epochs, self.init_lr)
 
     def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
         assert teacher is not None
