@@ -18,9 +18,13 @@ def test_presets_follow_the_recipes():
     assert build_schedule(rep.optim) == MultiStep(0.05, (150, 180, 210), 0.1)
 
 
-def test_fractional_milestones_follow_the_epochs():
-    config = resolve_config(overrides={"optim": {"epochs": 20}})
-    assert build_schedule(config.optim).milestones == (10, 15)
+@pytest.mark.parametrize("epochs,milestones", [(20, (10, 15)), (200, (100, 150)), (2, (1, 2)),
+                                               (1, (1, 1)), (3, (2, 3))])
+def test_fractional_milestones_follow_the_epochs(epochs, milestones):
+    config = resolve_config(overrides={"optim": {"epochs": epochs}})
+    schedule = build_schedule(config.optim)
+    assert schedule.milestones == milestones
+    assert schedule.lr(1) == 0.1  # every run starts at the full learning rate
 
 
 def test_layers_override_in_order(tmp_path):

@@ -57,8 +57,10 @@ class Piecewise:
 
 
 def absolute_milestones(milestones: list[float], epochs: int) -> tuple[int, ...]:
-    """Milestones below 1 are fractions of ``epochs``; others are epoch numbers."""
-    return tuple(int(round(m * epochs)) if 0 < m < 1 else int(m) for m in milestones)
+    """Milestones below 1 are fractions of ``epochs`` (rounded up, so even a 1-epoch run starts
+    at the full learning rate); others are epoch numbers."""
+    return tuple(max(1, math.ceil(m * epochs - 1e-9)) if 0 < m < 1 else int(m)
+                 for m in milestones)
 
 
 def build_schedule(optim: OptimConfig) -> LRSchedule:
