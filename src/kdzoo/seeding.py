@@ -8,11 +8,9 @@ and why a run resumed at epoch e sees exactly the batches it would have seen wit
 from __future__ import annotations
 
 import hashlib
-import random
 from contextlib import contextmanager
 from typing import Iterator
 
-import numpy as np
 import torch
 
 
@@ -33,10 +31,3 @@ def seeded(*parts: object) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(*parts))
         yield
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (CUDA included)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

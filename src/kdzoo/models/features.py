@@ -35,10 +35,6 @@ class FeatureInfo:
     channels: int
     stride: int | None = None
 
-    @property
-    def is_map(self) -> bool:
-        return self.stride is not None
-
 
 class FeatureNet(nn.Module):
     """Base class of every kdzoo network.
