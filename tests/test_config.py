@@ -1,7 +1,7 @@
 import pytest
 
 from kdzoo.config import parse_set, resolve_config
-from kdzoo.engine.schedule import MultiStep, build_schedule
+from kdzoo.core import MultiStep, build_schedule
 from kdzoo.errors import ConfigError
 
 

@@ -4,10 +4,14 @@ import pytest
 import torch
 
 import kdzoo
+from kdzoo.models import Features
 from kdzoo.engine import RunDir, Trainer, build, fit, read_metrics
 from kdzoo.engine.cache import TeacherCache, ViewSpace, fill_cache
-from kdzoo.engine.teacher import TeacherRunner, conv_bn_pairs, fold_batchnorm
+from kdzoo.engine.teacher import TeacherRunner, fold_batchnorm, foldable_pairs
+from kdzoo.models import FeatureRequest
 from kdzoo.errors import ConfigError
+
+from feature_points import point_features, points_of
 
 
 def trained_looking_teacher(path, name="resnet8", seed=0):
@@ -25,6 +29,15 @@ def trained_looking_teacher(path, name="resnet8", seed=0):
     return str(path)
 
 
+class _Features(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.forward_features(x)
+
+
 def relative_error(got, want):
     return ((got - want).abs().max() / want.abs().max()).item()
 
@@ -32,7 +45,9 @@ def relative_error(got, want):
 def test_conv_bn_pairs_and_folding():
     torch.manual_seed(0)
     model = kdzoo.create_model("resnet20").eval()
-    assert len(conv_bn_pairs(model)) == 1 + 9 * 2 + 2  # stem, 2 per block, 2 projections
+    traced = torch.fx.symbolic_trace(_Features(model))
+    pairs = foldable_pairs(traced.graph, dict(traced.named_modules()))
+    assert len(pairs) == 1 + 9 * 2 + 2  # stem, 2 per block, 2 projections
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -40,7 +55,7 @@ def test_conv_bn_pairs_and_folding():
         folded = fold_batchnorm(model)
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
         x = torch.randn(4, 3, 32, 32)
-        want, got = model.forward_features(x), folded.forward_features(x)
+        want, got = point_features(model, x), points_of(Features.from_raw(folded(x)))
     for point in want:
         assert relative_error(got[point], want[point]) < 1e-5, point
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # a copy
@@ -50,8 +65,10 @@ def test_chunked_runner_equals_whole_batches():
     torch.manual_seed(0)
     teacher = kdzoo.create_model("resnet8").eval().requires_grad_(False)
     images = torch.randn(70, 3, 16, 16)
-    whole = TeacherRunner(teacher, ("stage2", "logits"))(images)
-    chunked = TeacherRunner(teacher, ("stage2", "logits"), chunk=32)(images)
+    request = FeatureRequest(stages=(-2,))
+    whole = points_of(TeacherRunner(teacher, request)(images))
+    chunked = points_of(TeacherRunner(teacher, request, chunk=32)(images))
+    assert set(whole) == {"stage2", "logits"}
     for point in whole:
         assert chunked[point].shape == whole[point].shape
         assert relative_error(chunked[point], whole[point]) < 1e-5, point
@@ -60,8 +77,9 @@ def test_chunked_runner_equals_whole_batches():
 
 def test_runner_hands_over_ordinary_tensors():
     teacher = kdzoo.create_model("resnet8").eval().requires_grad_(False)
-    runner = TeacherRunner(teacher, ("stage3", "logits"), memory_format=torch.channels_last)
-    feats = runner(torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last))
+    runner = TeacherRunner(teacher, FeatureRequest.last(1), memory_format=torch.channels_last)
+    feats = points_of(runner(torch.randn(2, 3, 16, 16).contiguous(
+        memory_format=torch.channels_last)))
     assert set(feats) == {"stage3", "logits"}
     assert not any(t.is_inference() for t in feats.values())
     student_logits = torch.randn(2, 10, requires_grad=True)
@@ -128,8 +146,8 @@ def test_cached_outputs_equal_live_outputs_for_random_views(tmp_path):
 
     data, teacher = cache_setup(tmp_path)
     cache = TeacherCache.for_teacher(teacher, data, tmp_path / "cache")
-    runner = TeacherRunner(teacher, ("logits",))
-    fill_cache(cache, data, lambda x: runner(x)["logits"], batch_size=10,
+    runner = TeacherRunner(teacher, FeatureRequest())
+    fill_cache(cache, data, lambda x: runner(x).logits, batch_size=10,
                channels_last=False)
     assert cache.filled_fraction() == 1.0
     gen = torch.Generator().manual_seed(0)

@@ -1,5 +1,6 @@
-"""Every registered method, run for real: finite losses, gradients where they belong, a frozen
-teacher that never changes, and the method's own parameters in the optimiser."""
+"""Every registered method, run for real on same-family and cross-family pairs: finite losses,
+gradients where they belong, a frozen teacher that never changes, the method's own parameters
+in the optimiser; and a one-line refusal where a network cannot give what the method asks."""
 import math
 
 import pytest
@@ -7,20 +8,37 @@ import torch
 
 import kdzoo
 from kdzoo.engine import RunDir, Trainer, build
+from kdzoo.errors import ConfigError
 from kdzoo.methods import get_method_class
 
 # (teacher, student): the same architecture; deeper teacher (the reference's r56/r110 -> r20
 # setting); and a teacher of other widths (64/128/256 vs 16/32/64), which needs connectors.
 PAIRS = [("resnet8", "resnet8"), ("resnet56", "resnet20"), ("resnet8x4", "resnet8")]
+#: RepDistiller's cross-family pairs and a torchvision teacher (other stage counts, strides,
+#: pre-activation blocks, networks without pre-activation outputs or named BatchNorms).
+CROSS = [("resnet32x4", "ShuffleV2"), ("vgg13", "MobileNetV2"), ("wrn_40_2", "wrn_16_2"),
+         ("ResNet50", "vgg8"), ("torchvision/resnet18", "resnet8x4")]
+#: What each method cannot be given on a cross-family pair: (method, teacher, student) -> the
+#: one-line refusal. torchvision's networks name neither pre-activation outputs nor a stem.
+REFUSED = {
+    ("ab", "torchvision/resnet18", "resnet8x4"): "method ab needs pre-activation stage outputs "
+    "of the teacher, which torchvision/resnet18 does not provide; choose another teacher or "
+    "method",
+    ("ofd", "torchvision/resnet18", "resnet8x4"): "method ofd needs pre-activation stage "
+    "outputs of the teacher, which torchvision/resnet18 does not provide; choose another "
+    "teacher or method",
+    ("fsp", "torchvision/resnet18", "resnet8x4"): "method fsp needs a stem feature of the "
+    "teacher, which torchvision/resnet18 does not provide; choose another teacher or method",
+}
 STEPS_PER_STAGE = 2
 
 
-def method_config(make_config, method, teacher, student):
+def method_config(make_config, method, teacher, student, image_size=16):
     return make_config(
         method={"name": method},
         teacher={"name": teacher, "untrained": True},
         student={"name": student},
-        data={"name": "synthetic", "train_size": 32, "test_size": 16, "image_size": 16},
+        data={"name": "synthetic", "train_size": 32, "test_size": 16, "image_size": image_size},
         optim={"epochs": 1, "batch_size": 16},
     )
 
@@ -29,23 +47,22 @@ def snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-@pytest.mark.parametrize("teacher,student", PAIRS, ids=lambda x: x)
-@pytest.mark.parametrize("method", kdzoo.list_methods())
-def test_method_trains_for_real(make_config, tmp_path, method, teacher, student):
+def check_method_trains(make_config, tmp_path, method, teacher, student):
     config = method_config(make_config, method, teacher, student)
     parts = build(config)
     trainer = Trainer(parts, RunDir.prepare(tmp_path / "steps"), progress=False)
-    peer = parts.method.trains_teacher
-    if parts.method.__class__.needs_teacher and not peer:
-        assert not parts.teacher.training
-        assert not any(p.requires_grad for p in parts.teacher.parameters())
-    teacher_before = snapshot(parts.teacher) if parts.teacher is not None else None
+    peers = [r.name for r in parts.method.trainable_roles() if r.name != "student"]
+    frozen = [parts.networks[r.name] for r in parts.method.frozen_roles()]
+    for network in frozen:
+        assert not network.training
+        assert not any(p.requires_grad for p in network.parameters())
+    frozen_before = [snapshot(network) for network in frozen]
 
     for stage in parts.stages:
         optimizers = trainer.stage_optimizers(stage)
         in_optimizer = {id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]}
+        parts.step.train()
         parts.student.train(stage.uses_student)
-        parts.method.train()
         batches = parts.loader.train_batches(config.seed, 1)
         for step_index in range(STEPS_PER_STAGE):
             batch = next(batches)
@@ -67,17 +84,46 @@ def test_method_trains_for_real(make_config, tmp_path, method, teacher, student)
             if stage.uses_student and stage.trainable != "method":
                 assert any(p.grad is not None and p.grad.abs().sum() > 0
                            for p in parts.student.parameters())
-            if parts.teacher is not None and not peer:
-                assert all(p.grad is None for p in parts.teacher.parameters())
-            if peer:
-                assert any(p.grad is not None for p in parts.teacher.parameters())
+            for network in frozen:
+                assert all(p.grad is None for p in network.parameters())
+            for peer in peers:
+                assert any(p.grad is not None for p in parts.networks[peer].parameters())
             for opt in optimizers:
                 opt.step()
         parts.method.end_stage(stage)
 
-    if teacher_before is not None and not peer:
-        after = snapshot(parts.teacher)
-        assert all(torch.equal(teacher_before[k], after[k]) for k in after)
+    for network, before in zip(frozen, frozen_before):
+        after = snapshot(network)
+        assert all(torch.equal(before[k], after[k]) for k in after)
+
+
+@pytest.mark.parametrize("teacher,student", PAIRS, ids=lambda x: x)
+@pytest.mark.parametrize("method", kdzoo.list_methods())
+def test_method_trains_for_real(make_config, tmp_path, method, teacher, student):
+    check_method_trains(make_config, tmp_path, method, teacher, student)
+
+
+def cross_family(method, teacher, student, make_config, tmp_path):
+    refusal = REFUSED.get((method, teacher, student))
+    if refusal is None:
+        check_method_trains(make_config, tmp_path, method, teacher, student)
+        return
+    with pytest.raises(ConfigError) as caught:
+        build(method_config(make_config, method, teacher, student))
+    assert str(caught.value) == refusal
+
+
+@pytest.mark.parametrize("method", kdzoo.list_methods())
+def test_method_on_a_cross_family_pair(make_config, tmp_path, method):
+    """One cross-family pair in the default run (other stage counts and strides)."""
+    cross_family(method, "wrn_40_2", "ShuffleV1", make_config, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("teacher,student", CROSS, ids=lambda x: x)
+@pytest.mark.parametrize("method", kdzoo.list_methods())
+def test_method_on_cross_family_pairs(make_config, tmp_path, method, teacher, student):
+    cross_family(method, teacher, student, make_config, tmp_path)
 
 
 @pytest.mark.parametrize("method", kdzoo.list_methods())

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kdzoo.data.loader import Batch
 from kdzoo.errors import ConfigError
 from kdzoo.methods import MethodContext, Stage, Step, create_method
-from kdzoo.models.features import FeatureInfo
+from kdzoo.models.features import FeatureInfo, Features
 
 STAGE = Stage("main", 1)
 
@@ -17,7 +17,7 @@ STAGE = Stage("main", 1)
 def make_ctx(labels, s_dim=6, t_dim=10, num_classes=None):
     labels = torch.as_tensor(labels)
     num_classes = num_classes or int(labels.max()) + 1
-    info = lambda d: {"pool": FeatureInfo(d), "logits": FeatureInfo(num_classes)}  # noqa: E731
+    info = lambda d: FeatureInfo(stages=(), pool=d, logits=num_classes)  # noqa: E731
     return MethodContext(info(s_dim), info(t_dim), num_classes, 8, 3, labels)
 
 
@@ -37,7 +37,8 @@ def features(batch, seed, dtype=torch.float32, s_dim=6, t_dim=10):
     gen = torch.Generator().manual_seed(seed)
     s = torch.randn(batch, s_dim, generator=gen, dtype=dtype).requires_grad_()
     t = torch.randn(batch, t_dim, generator=gen, dtype=dtype)
-    return {"pool": s}, {"pool": t}
+    logits = torch.zeros(batch, 1, dtype=dtype)  # CRD uses the pooled features only
+    return Features(logits=logits, pool=s), Features(logits=logits, pool=t)
 
 
 # ----------------------------------------------------------------------------------- sampling
@@ -98,7 +99,7 @@ def test_tiny_dataset_with_default_nce_k_trains():
     terms = method(s, t, make_step(labels, torch.arange(8)))
     assert math.isfinite(terms["crd"].item())
     terms["crd"].backward()
-    assert s["pool"].grad is not None and method.embed_t.linear.weight.grad is not None
+    assert s.pool.grad is not None and method.embed_t.linear.weight.grad is not None
 
 
 def test_single_class_is_refused_and_bad_mode_is_refused():
@@ -141,7 +142,7 @@ def test_memory_update_formula_and_untouched_rows():
     s, t = features(4, seed=8)
     method(s, t, make_step(labels, indices))
     with torch.no_grad():
-        e_t, e_s = method.embed_t(t["pool"]), method.embed_s(s["pool"])
+        e_t, e_s = method.embed_t(t.pool), method.embed_s(s.pool)
     for memory, before, e in ((method.memory_t, before_t, e_t), (method.memory_s, before_s, e_s)):
         expected = F.normalize(0.3 * before[indices] + 0.7 * e, dim=1)
         assert torch.allclose(memory[indices], expected, atol=1e-6)
@@ -159,7 +160,7 @@ def test_normalisers_are_fixed_on_the_first_call_and_saved():
     sample = method.sample_indices(indices, step.generator("crd"))
     s, t = features(5, seed=9, dtype=torch.float64)
     with torch.no_grad():
-        e_s, e_t = method.embed_s(s["pool"]), method.embed_t(t["pool"])
+        e_s, e_t = method.embed_s(s.pool), method.embed_t(t.pool)
         raw_t = torch.exp((method.memory_s[sample] @ e_t.unsqueeze(2)).squeeze(2) / 0.1)
         raw_s = torch.exp((method.memory_t[sample] @ e_s.unsqueeze(2)).squeeze(2) / 0.1)
     method(s, t, step)
@@ -205,9 +206,9 @@ def test_fast_scores_equal_the_gather_reference(batch):
     step = make_step(labels, indices)
     sample = method.sample_indices(indices, step.generator("crd"))
     s, t = features(batch, seed=11, dtype=torch.float64)
-    s_ref = s["pool"].detach().clone().requires_grad_()
+    s_ref = s.pool.detach().clone().requires_grad_()
 
-    expected = gather_reference_loss(method, s_ref, t["pool"], indices, sample)
+    expected = gather_reference_loss(method, s_ref, t.pool, indices, sample)
     expected.backward()
     grads_ref = {n: p.grad.clone() for n, p in method.named_parameters()}
     method.zero_grad()
@@ -215,7 +216,7 @@ def test_fast_scores_equal_the_gather_reference(batch):
     value = method(s, t, step)["crd"]  # also updates the banks: backward must still work
     value.backward()
     assert value.item() == pytest.approx(expected.item(), rel=1e-12)
-    assert torch.allclose(s["pool"].grad, s_ref.grad, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(s.pool.grad, s_ref.grad, rtol=1e-10, atol=1e-14)
     for name, param in method.named_parameters():
         assert torch.allclose(param.grad, grads_ref[name], rtol=1e-10, atol=1e-14), name
 
@@ -235,7 +236,7 @@ def test_same_step_gives_the_same_loss_and_banks():
 
 def test_defaults_are_the_reference_example():
     method = make_crd(torch.arange(40) % 4)
-    assert (method.weight, method.nce_k, method.nce_t, method.nce_mom, method.mode) == \
+    assert (method.params.weight, method.nce_k, method.nce_t, method.nce_mom, method.mode) == \
         (0.2, 16384, 0.1, 0.5, "exact")
     assert method.memory_t.shape == (40, 128)
     assert method.embed_s.linear.in_features == 6 and method.embed_t.linear.in_features == 10

@@ -10,12 +10,15 @@ import kdzoo
 from kdzoo.data.loader import Batch
 from kdzoo.engine import RunDir, Trainer, build, evaluate, fit, freeze, read_metrics
 from kdzoo.methods import MethodContext, Stage, Step, create_method
+from kdzoo.models import FeatureInfo, Features
+from feature_points import features_of
 from kdzoo.methods.bss import (boundary_attack, bss_epoch_weight, sample_attack_class,
                                select_candidates)
 
 
 def context(num_classes=5, image_size=4, in_chans=2):
-    return MethodContext(student_info={}, teacher_info={}, num_classes=num_classes,
+    info = FeatureInfo(stages=(), pool=0, logits=num_classes)
+    return MethodContext(student_info=info, teacher_info=info, num_classes=num_classes,
                          image_size=image_size, in_chans=in_chans,
                          train_labels=torch.zeros(1, dtype=torch.long))
 
@@ -33,7 +36,8 @@ def randn(*shape, seed=0, dtype=torch.float64):
 def test_logits_method_is_weighted_mse():
     method = create_method("logits", context())
     s, t = randn(3, 5, seed=1), randn(3, 5, seed=2)
-    terms = method({"logits": s}, {"logits": t}, make_step(randn(3, 2, 4, 4), torch.zeros(3)))
+    terms = method(Features(logits=s), Features(logits=t),
+                   make_step(randn(3, 2, 4, 4), torch.zeros(3)))
     expected = 0.1 * sum((a - b) ** 2 for a, b in zip(s.flatten().tolist(), t.flatten().tolist()))
     assert terms["logits"].item() == pytest.approx(expected / 15, rel=1e-12)
 
@@ -186,7 +190,7 @@ def test_bss_term_is_the_reference_pipeline():
     s_logits = t_logits + 0.1 * randn(*t_logits.shape, seed=12, dtype=torch.float32)
     step = make_step(images, labels, student, teacher, epoch=3, epochs=8, step_index=4)
     running_before = student.bn1.running_mean.clone()
-    value = method({"logits": s_logits}, {"logits": t_logits}, step)["bss"]
+    value = method(Features(logits=s_logits), Features(logits=t_logits), step)["bss"]
     assert not torch.equal(student.bn1.running_mean, running_before)  # saw the adversarial batch
     assert all(p.grad is None for p in teacher.parameters())
 
@@ -200,7 +204,7 @@ def test_bss_term_is_the_reference_pipeline():
     value.backward()
     assert student.fc.weight.grad is not None and student.fc.weight.grad.abs().sum() > 0
     # same step, same draws: the term is reproducible (resumed runs repeat it exactly)
-    again = method({"logits": s_logits}, {"logits": t_logits}, step)["bss"]
+    again = method(Features(logits=s_logits), Features(logits=t_logits), step)["bss"]
     assert again.item() == pytest.approx(value.item(), rel=1e-6)
 
 
@@ -208,14 +212,14 @@ def test_bss_is_a_zero_scalar_without_lambda_or_candidates():
     teacher, student, images, t_logits, labels = bss_setup()
     method = create_method("bss", context(10, 16, 3))
     warm = make_step(images, labels, student, teacher, epoch=10, epochs=200)
-    value = method({"logits": t_logits}, {"logits": t_logits}, warm)["bss"]
+    value = method(Features(logits=t_logits), Features(logits=t_logits), warm)["bss"]
     assert value.dim() == 0 and value.item() == 0.0
     late = make_step(images, labels, student, teacher, epoch=50, epochs=200)
     wrong = (labels + 1) % 10  # nobody is right: no candidates
-    value = method({"logits": t_logits}, {"logits": t_logits},
+    value = method(Features(logits=t_logits), Features(logits=t_logits),
                    make_step(images, wrong, student, teacher, epoch=50, epochs=200))["bss"]
     assert value.dim() == 0 and value.item() == 0.0
-    assert method({"logits": t_logits}, {"logits": t_logits}, late)["bss"].item() > 0
+    assert method(Features(logits=t_logits), Features(logits=t_logits), late)["bss"].item() > 0
 
 
 def test_bss_squared_temperature_option_scales_by_t_squared():
@@ -223,7 +227,8 @@ def test_bss_squared_temperature_option_scales_by_t_squared():
     student.eval()  # same outputs for both calls
     step = make_step(images, labels, student, teacher, epoch=20, epochs=100)
     terms = [create_method("bss", context(10, 16, 3), squared_temperature=sq)(
-        {"logits": t_logits}, {"logits": t_logits}, step)["bss"].item() for sq in (False, True)]
+        Features(logits=t_logits), Features(logits=t_logits), step)["bss"].item()
+        for sq in (False, True)]
     assert terms[1] == pytest.approx(9.0 * terms[0], rel=1e-5)
 
 
@@ -269,7 +274,8 @@ def test_sobolev_matches_hand_input_gradients(hidden):
         student_weight = student.w1
     method = create_method("sobolev", context(3, 2, 2))
     step = make_step(images, labels, student, teacher)
-    value = method({"logits": student(images)}, {"logits": teacher(images)}, step)["sobolev"]
+    value = method(Features(logits=student(images)), Features(logits=teacher(images)),
+                   step)["sobolev"]
     expected = 20.0 * hand(student_weight)
     assert value.item() == pytest.approx(expected.item(), rel=1e-12)
     # the second-order path gives the student the gradient of the hand formula
@@ -284,7 +290,7 @@ def test_sobolev_refuses_images_without_grad():
     images = randn(2, 2, 2, 2)
     method = create_method("sobolev", context(3, 2, 2))
     with pytest.raises(RuntimeError, match="needs_input_grad"):
-        method({"logits": net(images)}, {"logits": net(images)},
+        method(Features(logits=net(images)), Features(logits=net(images)),
                make_step(images, torch.tensor([0, 1])))
 
 
@@ -310,7 +316,8 @@ def test_lwm_matches_hand_maps(grad_cam):
     student, teacher = PoolNet(4, 22), freeze(PoolNet(6, 23))  # other widths: no connector
     s, t = student.forward_features(images), teacher.forward_features(images)
     method = create_method("lwm", context(3, 3, 2), grad_cam=grad_cam)
-    value = method(s, t, make_step(images, labels, student, teacher))["lwm"]
+    value = method(features_of(s), features_of(t),
+                   make_step(images, labels, student, teacher))["lwm"]
 
     def cam(net, feats):
         weights = net.fc[labels] / 6  # GAP of the (spatially constant) gradient
@@ -342,12 +349,12 @@ def test_dml_summed_backward_equals_the_reference_two_backwards(make_config, tmp
     trainer = Trainer(parts, RunDir.prepare(tmp_path / "steps"), progress=False)
     stage = parts.stages[0]
     parts.student.train()
-    parts.teacher.train()
+    parts.networks["peer"].train()
     batch = next(parts.loader.train_batches(0, 1))
     terms, _ = trainer.step_terms(batch, stage, 1, 0)
     assert set(terms) == {"ce", "peer_ce", "dml", "peer_dml"}
     student_params = list(parts.student.parameters())
-    peer_params = list(parts.teacher.parameters())
+    peer_params = list(parts.networks["peer"].parameters())
     net1_loss = terms["ce"] + terms["dml"]
     net2_loss = terms["peer_ce"] + terms["peer_dml"]
     total = torch.stack(list(terms.values())).sum()
@@ -369,7 +376,7 @@ def test_dml_optimisers_are_two_with_the_same_settings(make_config, tmp_path):
     trainer = Trainer(parts, RunDir.prepare(tmp_path / "steps"), progress=False)
     main, peer = trainer.stage_optimizers(parts.stages[0])
     assert {id(p) for g in peer.param_groups for p in g["params"]} == \
-        {id(p) for p in parts.teacher.parameters()}
+        {id(p) for p in parts.networks["peer"].parameters()}
     keys = ("lr", "momentum", "weight_decay", "nesterov")
     assert [main.param_groups[0][k] for k in keys] == [peer.param_groups[0][k] for k in keys]
 
@@ -378,7 +385,7 @@ def test_dml_fit_trains_evaluates_and_exports_both_nets(make_config):
     config = dml_config(make_config)
     initial = build(config)
     student0 = {k: v.clone() for k, v in initial.student.state_dict().items()}
-    peer0 = {k: v.clone() for k, v in initial.teacher.state_dict().items()}
+    peer0 = {k: v.clone() for k, v in initial.networks["peer"].state_dict().items()}
     # same architecture, different starting weights (else the two nets would stay identical)
     assert not torch.equal(student0["conv1.weight"], peer0["conv1.weight"])
     assert not torch.equal(student0["fc.weight"], peer0["fc.weight"])

@@ -1,5 +1,6 @@
 """The methods with learned modules: FT (two stages), VID, OFD, AFD."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,13 +11,17 @@ from kdzoo import functional as KF
 from kdzoo.engine import RunDir, Trainer, build, fit, read_metrics
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.methods import MethodContext, Stage, Step, create_method
+from kdzoo.methods import get_method_class
 from kdzoo.methods.ft import Paraphraser
+from kdzoo.models.features import check_request
+
+from feature_points import features_of, requested_points
 
 
 def context(teacher="resnet8", student="resnet8", data_name="synthetic"):
     t = kdzoo.create_model(teacher, num_classes=10)
     s = kdzoo.create_model(student, num_classes=10)
-    return MethodContext(student_info=dict(s.feature_info), teacher_info=dict(t.feature_info),
+    return MethodContext(student_info=s.feature_info, teacher_info=t.feature_info,
                          num_classes=10, image_size=16, in_chans=3,
                          train_labels=torch.zeros(8, dtype=torch.long), data_name=data_name)
 
@@ -124,7 +129,7 @@ def test_ft_loss_uses_frozen_paraphraser_factor():
     method.train()
     s = {"stage3": torch.rand(2, 64, 4, 4)}
     t = {"stage3": torch.rand(2, 256, 4, 4)}
-    terms = method(s, t, main_step())
+    terms = method(features_of(s), features_of(t), main_step())
     assert set(terms) == {"ft"}
     factor_t, _ = method.paraphraser(t["stage3"])
     assert factor_t.shape == (2, 128, 4, 4)  # k = 0.5 of the teacher's 256 channels
@@ -195,20 +200,21 @@ def test_vid_initial_variance_and_regressor_shapes():
 
 def test_vid_averages_the_stage_losses():
     method = create_method("vid", context(), weight=2.0)
-    points, sizes = method.points, {"stage1": 8, "stage2": 4, "stage3": 2}
+    points, sizes = requested_points(type(method)), {"stage1": 8, "stage2": 4, "stage3": 2}
     s = features((16, 32, 64), sizes, 3, 0, points)
     t = features((16, 32, 64), sizes, 3, 1, points)
     expected = sum(KF.variational_information_loss(r.regressor(s[p]), t[p], torch.full(
         (t[p].shape[1],), 5.0)) for r, p in zip(method.regressors, points)) / 3
-    assert method(s, t, main_step())["vid"].item() == pytest.approx(2.0 * expected.item(),
-                                                                   rel=1e-5)
+    value = method(features_of(s), features_of(t), main_step())["vid"]
+    assert value.item() == pytest.approx(2.0 * expected.item(), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------- OFD
 def test_ofd_batch_margin_and_connectors():
     method = create_method("ofd", context("resnet8x4", "resnet8"))
     method.train()
-    points, sizes = method.points, {"stage1_pre": 8, "stage2_pre": 4, "stage3_pre": 2}
+    points = requested_points(type(method))
+    sizes = {"stage1_pre": 8, "stage2_pre": 4, "stage3_pre": 2}
     s = features((16, 32, 64), sizes, 4, 2, points)
     t = features((64, 128, 256), sizes, 4, 3, points)
     losses = []
@@ -219,7 +225,7 @@ def test_ofd_batch_margin_and_connectors():
         mapped = nn.functional.batch_norm(conv(s[p]), None, None, bn.weight, bn.bias,
                                           training=True)
         losses.append(KF.overhaul_distillation(mapped, t[p], KF.ofd_margin_from_batch(t[p])))
-    value = method(s, t, main_step())["ofd"]
+    value = method(features_of(s), features_of(t), main_step())["ofd"]
     assert value.item() == pytest.approx(0.5 * sum(losses).item() / 3, rel=1e-5)
 
 
@@ -232,19 +238,30 @@ def test_ofd_bn_margin_comes_from_the_teachers_last_bn2():
             bn.bias.uniform_(-1.0, 1.0)
     method = create_method("ofd", context(), margin="bn")
     t = torch.randn(2, 32, 4, 4)
-    margin = method.teacher_margin(t, "stage2_pre", main_step(teacher))
+    margin = method.teacher_margin(t, -2, main_step(teacher))  # stage2 of three
     bn = teacher.layer2[-1].bn2
     assert torch.equal(margin, KF.ofd_margin_from_bn(bn.weight.detach(), bn.bias.detach()))
     assert (margin < 0).all()
     s = {p: torch.randn(2, c, 16 // 2**i, 16 // 2**i)
-         for i, (p, c) in enumerate(zip(method.points, (16, 32, 64)))}
+         for i, (p, c) in enumerate(zip(requested_points(type(method)), (16, 32, 64)))}
+    s = features_of(s)
     assert math.isfinite(method(s, s, main_step(teacher))["ofd"].item())
 
 
-def test_ofd_bn_margin_needs_a_cifar_resnet_and_margin_names_are_checked():
-    method = create_method("ofd", context(), margin="bn")
-    with pytest.raises(KdzooError, match="margin='batch'"):
-        method.teacher_margin(torch.randn(1, 16, 2, 2), "stage1_pre", main_step(nn.Identity()))
+def test_ofd_bn_margin_needs_a_named_batchnorm_and_margin_names_are_checked():
+    cls = get_method_class("ofd")
+    named = kdzoo.create_model("resnet8").feature_info
+    unnamed = replace(named, stages=tuple(replace(s, bn_before_relu=None) for s in named.stages))
+    for margin, refused in (("batch", False), ("bn", True)):
+        params = cls.Params.build("ofd", {"margin": margin})
+        request = cls.feature_requests(params, {"student": named, "teacher": unnamed})["teacher"]
+        check_request("ofd", "student", "resnet8", request, named)
+        if refused:
+            with pytest.raises(KdzooError, match="needs a named BatchNorm before each stage's "
+                                                 "last ReLU of the teacher, which net"):
+                check_request("ofd", "teacher", "net", request, unnamed)
+        else:
+            check_request("ofd", "teacher", "net", request, unnamed)
     with pytest.raises(ConfigError, match="margin"):
         create_method("ofd", context(), margin="paper")
 
@@ -252,7 +269,7 @@ def test_ofd_bn_margin_needs_a_cifar_resnet_and_margin_names_are_checked():
 # ---------------------------------------------------------------------------------------- AFD
 def test_afd_works_with_batch_size_one_and_weights_sum_to_one():
     method = create_method("afd", context())
-    points, sizes = method.points, {"stage1": 8, "stage2": 4, "stage3": 2}
+    points, sizes = requested_points(type(method)), {"stage1": 8, "stage2": 4, "stage3": 2}
     for batch in (1, 4):
         s = features((16, 32, 64), sizes, batch, 4, points)
         t = {p: v.abs() for p, v in features((16, 32, 64), sizes, batch, 5, points).items()}
@@ -260,7 +277,7 @@ def test_afd_works_with_batch_size_one_and_weights_sum_to_one():
             rho = attention(t[p])
             assert rho.shape == (batch, t[p].shape[1])
             assert rho.sum(dim=1).detach() == pytest.approx(torch.ones(batch), abs=1e-6)
-        value = method(s, t, main_step())["afd"]
+        value = method(features_of(s), features_of(t), main_step())["afd"]
         expected = sum(KF.attention_feature_distillation(s[p], t[p], a(t[p]))
                        for a, p in zip(method.attentions, points)) / 3
         assert value.item() == pytest.approx(500.0 * expected.item(), rel=1e-5)

@@ -1,5 +1,7 @@
 """The feature-map methods at, fitnet, nst, sp, fsp and ab: reference defaults, stage averaging,
 connectors only where widths differ, and FSP's/AB's two stages run for real."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,15 +11,24 @@ from kdzoo.engine import RunDir, Trainer, build, fit, read_metrics
 from kdzoo.errors import ConfigError
 from kdzoo.methods import MethodContext, Stage, create_method, get_method_class, method_defaults
 from kdzoo.methods._feature_maps import init_schedule
-from kdzoo.models.features import FeatureInfo
+from kdzoo.models.features import StageInfo
+
+from feature_points import features_of, point_features, requested_points
 
 MAP_METHODS = ("at", "fitnet", "nst", "sp", "fsp", "ab")
 
 
 def context(student_info, teacher_info):
-    return MethodContext(student_info=dict(student_info), teacher_info=dict(teacher_info),
+    return MethodContext(student_info=student_info, teacher_info=teacher_info,
                          num_classes=10, image_size=16, in_chans=3,
                          train_labels=torch.zeros(8, dtype=torch.long))
+
+
+def channels(info, point):
+    """Channels of a named point of a three-stage network's metadata."""
+    if point == "stem":
+        return info.stem.channels
+    return info.stages[int(point[len("stage")]) - 1].channels
 
 
 def model_context(student="resnet8", teacher="resnet8"):
@@ -48,7 +59,7 @@ def test_reference_example_lambdas_are_the_defaults(method, expected):
     ("ab", ("stage1_pre", "stage2_pre", "stage3_pre")),  # pre-ReLU
 ])
 def test_feature_points(method, points):
-    assert get_method_class(method).points == points
+    assert requested_points(get_method_class(method)) == points
 
 
 # ------------------------------------------------------ loss = weight * mean over stages
@@ -77,11 +88,11 @@ def test_equal_widths_give_the_reference_loss_without_connectors(method):
     ctx, s_net, t_net = model_context("resnet8", "resnet8")
     images = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
-        s, t = s_net.forward_features(images), t_net.forward_features(images)
+        s, t = point_features(s_net, images), point_features(t_net, images)
         s = {k: v + 0.1 * torch.randn_like(v) for k, v in s.items()}  # student != teacher
     m = create_method(method, ctx)
     assert list(m.parameters()) == []
-    terms = m(s, t, None)
+    terms = m(features_of(s), features_of(t), None)
     assert list(terms) == [method]
     expected = reference_value(method, s, t)
     assert terms[method].item() == pytest.approx(expected.item(), rel=1e-6)
@@ -92,13 +103,14 @@ def test_weight_and_options_are_applied():
     ctx, s_net, t_net = model_context()
     images = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
-        s, t = s_net.forward_features(images), t_net.forward_features(images)
+        s, t = point_features(s_net, images), point_features(t_net, images)
         s = {k: v + 0.5 for k, v in s.items()}
-    at3 = create_method("at", ctx, weight=2.0, p=3.0)(s, t, None)["at"]
+    S, T = features_of(s), features_of(t)
+    at3 = create_method("at", ctx, weight=2.0, p=3.0)(S, T, None)["at"]
     expected = sum(KF.attention_transfer(s[k], t[k], 3.0) for k in
                    ("stage1", "stage2", "stage3")) / 3 * 2.0
     assert at3.item() == pytest.approx(expected.item(), rel=1e-6)
-    ab1 = create_method("ab", ctx, weight=1.0, margin=1.0)(s, t, None)["ab"]
+    ab1 = create_method("ab", ctx, weight=1.0, margin=1.0)(S, T, None)["ab"]
     expected = sum(KF.activation_boundary(s[k], t[k], 1.0) for k in
                    ("stage1_pre", "stage2_pre", "stage3_pre")) / 3
     assert ab1.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -124,16 +136,16 @@ def test_connectors_only_for_other_widths(method, connected):
         conv, bn = m.connectors[point]
         assert conv.kernel_size == (1, 1) and conv.bias is None
         assert (conv.in_channels, conv.out_channels) == (
-            ctx.student_info[point].channels, ctx.teacher_info[point].channels)
-        assert bn.num_features == ctx.teacher_info[point].channels
+            channels(ctx.student_info, point), channels(ctx.teacher_info, point))
+        assert bn.num_features == channels(ctx.teacher_info, point)
 
 
 @pytest.mark.parametrize("method", ["fitnet", "fsp", "ab"])
 def test_a_connector_only_where_a_point_differs(method):
     ctx, *_ = model_context("resnet8", "resnet8")
-    teacher_info = dict(ctx.teacher_info)
-    for point in ("stage2", "stage2_pre", "stage3", "stage3_pre"):
-        teacher_info[point] = FeatureInfo(48, teacher_info[point].stride)
+    stages = ctx.teacher_info.stages
+    teacher_info = replace(ctx.teacher_info, stages=(  # stage2 and stage3 wider
+        stages[0], *(StageInfo(48, s.reduction, s.preact) for s in stages[1:])))
     m = create_method(method, context(ctx.student_info, teacher_info))
     expected = {"fitnet": {"stage3"}, "fsp": {"stage2", "stage3"},
                 "ab": {"stage2_pre", "stage3_pre"}}[method]
@@ -144,9 +156,9 @@ def test_a_connector_only_where_a_point_differs(method):
 def test_other_widths_give_finite_losses(method):
     ctx, s_net, t_net = model_context("resnet8", "resnet8x4")
     images = torch.randn(4, 3, 16, 16)
-    s = s_net.forward_features(images)
+    s = s_net.features(images)
     with torch.no_grad():
-        t = t_net.forward_features(images)
+        t = t_net.features(images)
     m = create_method(method, ctx)
     value = m(s, t, None)[method]
     assert torch.isfinite(value) and value.dim() == 0
@@ -242,6 +254,7 @@ def test_stages_share_one_optimizer_and_the_main_stage_skips_teacher(make_config
         raise AssertionError("the teacher ran in the cross-entropy-only stage")
 
     monkeypatch.setattr(parts.teacher, "forward_features", no_teacher)
+    monkeypatch.setattr(parts.teacher_runner, "forward", no_teacher)
     terms, _ = trainer.step_terms(batch, main, 1, 0)
     assert set(terms) == {"ce"} and terms["ce"].item() > 0
     opt_main.zero_grad(set_to_none=True)

@@ -8,16 +8,18 @@ from kdzoo.methods import (MethodContext, Stage, Step, create_method, get_method
                            method_defaults)
 from kdzoo.models import create_model
 
+from feature_points import features_of, point_features, requested_points
+
 
 def pair_features(teacher="resnet8x4", student="resnet8", batch=6):
     torch.manual_seed(0)
     s_net = create_model(student, num_classes=5)
     t_net = create_model(teacher, num_classes=5)
     images = torch.randn(batch, 3, 16, 16)
-    ctx = MethodContext(dict(s_net.feature_info), dict(t_net.feature_info), 5, 16, 3,
+    ctx = MethodContext(s_net.feature_info, t_net.feature_info, 5, 16, 3,
                         torch.arange(20) % 5)
     with torch.no_grad():
-        return ctx, s_net.forward_features(images), t_net.forward_features(images)
+        return ctx, point_features(s_net, images), point_features(t_net, images)
 
 
 def step():
@@ -28,14 +30,14 @@ def step():
     ("pkt", ("pool",), {"weight": 10000.0}),
     ("rkd", ("pool",), {"weight": 1.0, "w_dist": 25.0, "w_angle": 50.0}),
     ("cc", ("pool",), {"weight": 100.0, "gamma": 0.4, "order": 2}),
-    ("irg", ("stage2", "stage3", "pool", "logits"),
+    ("irg", ("stage2", "stage3", "pool"),  # and the logits, which every method gets
      {"weight": 1.0, "w_vert": 0.1, "w_edge": 5.0, "w_tran": 5.0}),
     ("crd", ("pool",), {"weight": 0.2, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.1,
                         "nce_mom": 0.5, "mode": "exact"}),
 ])
 def test_points_and_reference_defaults(name, points, defaults):
     cls = get_method_class(name)
-    assert cls.points == points
+    assert requested_points(cls) == points
     assert method_defaults(name) == defaults
 
 
@@ -47,17 +49,18 @@ def test_relation_methods_need_no_connector_for_other_widths(name):
 
 def test_method_terms_are_the_weighted_functional_losses():
     ctx, s, t = pair_features()
-    pkt = create_method("pkt", ctx, weight=3.0)(s, t, step())
+    S, T = features_of(s), features_of(t)
+    pkt = create_method("pkt", ctx, weight=3.0)(S, T, step())
     assert torch.allclose(pkt["pkt"], 3 * KF.probabilistic_knowledge_transfer(s["pool"],
                                                                               t["pool"]))
-    rkd = create_method("rkd", ctx, weight=2.0)(s, t, step())
+    rkd = create_method("rkd", ctx, weight=2.0)(S, T, step())
     assert set(rkd) == {"rkd_distance", "rkd_angle"}
     assert torch.allclose(rkd["rkd_distance"] + rkd["rkd_angle"],
                           2 * KF.relational_kd(s["pool"], t["pool"]))
-    assert set(create_method("rkd", ctx, w_angle=0.0)(s, t, step())) == {"rkd_distance"}
-    cc = create_method("cc", ctx, weight=5.0, gamma=0.3, order=3)(s, t, step())
+    assert set(create_method("rkd", ctx, w_angle=0.0)(S, T, step())) == {"rkd_distance"}
+    cc = create_method("cc", ctx, weight=5.0, gamma=0.3, order=3)(S, T, step())
     assert torch.allclose(cc["cc"], 5 * KF.correlation_congruence(s["pool"], t["pool"], 0.3, 3))
-    irg = create_method("irg", ctx, weight=2.0, w_vert=1.0, w_edge=2.0, w_tran=3.0)(s, t, step())
+    irg = create_method("irg", ctx, weight=2.0, w_vert=1.0, w_edge=2.0, w_tran=3.0)(S, T, step())
     assert set(irg) == {"irg_vertex", "irg_edge", "irg_transformation"}
     expected = 2 * KF.instance_relation_graph(
         [s[k] for k in ("stage2", "stage3", "pool", "logits")],

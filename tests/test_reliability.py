@@ -19,7 +19,7 @@ from kdzoo.errors import KdzooError
 from kdzoo.io import DiskFullError, atomic_torch_save
 from kdzoo.methods import METHODS, Method
 from kdzoo.methods.st import SoftTarget
-from kdzoo.models import MODELS, FeatureInfo, FeatureNet
+from kdzoo.models import MODELS, FeatureInfo, FeatureNet, FeatureRequest
 
 TRAIN = ["train", "--method", "st", "--teacher", "resnet8", "--untrained-teacher", "--student",
          "resnet8", "--data", "synthetic", "--set", "data.train_size=96", "--set",
@@ -140,7 +140,7 @@ def test_injected_nan_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeypat
     assert "last good checkpoint is kept" in err and err.count("\n") == 1
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["global_epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in state["student"].values()
+    assert all(torch.isfinite(v).all() for v in state["networks"]["student"].values()
                if v.is_floating_point())
 
 
@@ -159,7 +159,7 @@ def test_nan_gradient_is_caught(tmp_path, monkeypatch, capsys):
     def forward(self, student, teacher, info):
         terms = original(self, student, teacher, info)
         # sqrt'(0) is infinite: a finite loss with a non-finite gradient
-        terms["root"] = torch.sqrt((student["logits"] * 0).sum())
+        terms["root"] = torch.sqrt((student.logits * 0).sum())
         return terms
 
     monkeypatch.setattr(SoftTarget, "forward", forward)
@@ -266,15 +266,16 @@ class PoolOnly(FeatureNet):
     def __init__(self, num_classes=10, in_chans=3):
         super().__init__()
         self.fc = nn.Linear(in_chans, num_classes)
-        self.feature_info = {"pool": FeatureInfo(in_chans), "logits": FeatureInfo(num_classes)}
+        self.feature_info = FeatureInfo(stages=(), pool=in_chans, logits=num_classes)
 
-    def _all_features(self, x):
+    def forward_features(self, x):
         pool = x.mean(dim=(2, 3))
         return {"pool": pool, "logits": self.fc(pool)}
 
 
 class NeedsStage3(Method):
-    paper, url, points = "test", "http://example.org", ("stage3",)
+    paper, url = "test", "http://example.org"
+    needs = FeatureRequest.last(3)
 
     def forward(self, student, teacher, step):
         return {}
@@ -294,8 +295,8 @@ def test_method_needs_a_point_the_model_lacks(tmp_path, capsys,
                                                pool_only_model_and_stage3_method):
     argv = [*TRAIN, "--epochs", "1", *out(tmp_path), "--method", "needs-stage3", "--student",
             "pool-only"]
-    refused(capsys, tmp_path, argv, "needs feature point(s) stage3",
-            "student pool-only does not provide")
+    refused(capsys, tmp_path, argv, "method needs-stage3 needs 3 stages (it has 0) of the "
+            "student, which pool-only does not provide; choose another student or method")
 
 
 @pytest.mark.parametrize("flag,value,message", [

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 import kdzoo
+from kdzoo.core import Piecewise
 from kdzoo.engine import RunDir, Trainer, build, fit, read_metrics
-from kdzoo.engine.schedule import Piecewise
-from kdzoo.engine.teacher import TeacherRunner
-from kdzoo.methods import Method, Stage
+from kdzoo.methods import METHODS, Method, Stage, register_method
+from kdzoo.models import FeatureRequest
 
 
 def state_snapshot(module):
@@ -98,8 +98,7 @@ class TwoStage(Method):
     """A test method: an initialisation stage (method loss only, its own lr steps), then a
     cross-entropy-only stage, like FSP and AB."""
 
-    name = "two-stage-test"
-    points = ("stage3",)
+    needs = FeatureRequest.last(1)
 
     def stages(self, main):
         init = Stage("init", 3, Piecewise(((2, 0.01), (1, 0.001))), ce_weight=0.0,
@@ -107,16 +106,20 @@ class TwoStage(Method):
         return [init, Stage("main", main.epochs, main.schedule, method_weight=0.0)]
 
     def forward(self, student, teacher, step):
-        return {"hint": (student["stage3"] - teacher["stage3"]).pow(2).mean()}
+        return {"hint": (student.stages[-1] - teacher.stages[-1]).pow(2).mean()}
 
 
-def test_stages_run_in_order_with_their_lr_and_losses(make_config):
-    config = make_config(optim={"epochs": 2, "lr": 0.1, "milestones": [1]})
-    parts = build(config)
-    parts.method = TwoStage(parts.method.ctx)
-    parts.teacher_runner = TeacherRunner(parts.teacher, TwoStage.required_teacher_points())
-    parts.stages = parts.method.stages(parts.stages[0])
-    Trainer(parts, RunDir.prepare(config.out), progress=False).fit()
+@pytest.fixture
+def two_stage_method():
+    register_method("two-stage-test")(TwoStage)
+    yield "two-stage-test"
+    METHODS.unregister("two-stage-test")
+
+
+def test_stages_run_in_order_with_their_lr_and_losses(make_config, two_stage_method):
+    config = make_config(method={"name": two_stage_method},
+                         optim={"epochs": 2, "lr": 0.1, "milestones": [1]})
+    fit(config)
     metrics = read_metrics(config.out)
     assert [(m["stage"], m["stage_epoch"]) for m in metrics] == [
         ("init", 1), ("init", 2), ("init", 3), ("main", 1), ("main", 2)]

@@ -18,12 +18,19 @@ def describe_models() -> str:
     rows = []
     for name in list_models():
         model = create_model(name, num_classes=10)
-        stages = "/".join(str(model.feature_info[p].channels) for p in model.feature_info
-                          if p.startswith("stage") and not p.endswith("_pre"))
+        stages = model.feature_info.stages
+        widths = "/".join(str(s.channels) for s in stages)
+        strides = "/".join(str(s.reduction) for s in stages)
         rows.append([name, MODEL_FAMILIES.get(name, ""), f"{count_parameters(model):,}",
-                     f"{count_parameters(create_model(name, num_classes=100)):,}", stages])
-    return _table(["model", "family", "params (10 cl.)", "params (100 cl.)", "stage widths"],
-                  rows)
+                     f"{count_parameters(create_model(name, num_classes=100)):,}",
+                     f"{widths} (stride {strides})", _yes(all(s.preact for s in stages)),
+                     _yes(all(s.bn_before_relu for s in stages))])
+    return _table(["model", "family", "params (10 cl.)", "params (100 cl.)", "stages",
+                   "pre-act", "BN before ReLU"], rows)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def describe_methods() -> str:

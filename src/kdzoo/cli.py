@@ -162,9 +162,9 @@ def _trained_model_and_data(args: argparse.Namespace, model_name: str,
     cheap inputs before loading anything."""
     from .data import load_dataset
     from .engine.build import freeze, resolve_device
-    from .models import MODELS, create_model
+    from .models import create_model, model_factory
 
-    MODELS.get(model_name)
+    model_factory(model_name)
     if args.batch_size < 1:
         raise KdzooError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
@@ -238,10 +238,11 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from .engine.build import CPU_INFERENCE_CHUNK
     from .engine.cache import TeacherCache, fill_cache
     from .engine.teacher import TeacherRunner
+    from .models import FeatureRequest
 
     teacher, data, device = _trained_model_and_data(args, args.teacher, args.teacher_checkpoint)
     cache = TeacherCache.for_teacher(teacher, data, args.cache_dir)
-    runner = TeacherRunner(teacher, ("logits",), compile=args.compile,
+    runner = TeacherRunner(teacher, FeatureRequest(), compile=args.compile,
                            memory_format=torch.channels_last,
                            chunk=CPU_INFERENCE_CHUNK if device.type == "cpu" else None)
     views = cache.views.size
@@ -249,7 +250,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
              cache.folder, len(data.train_labels), views, data.num_classes,
              100 * cache.filled_fraction())
     with tqdm(total=views, disable=not sys.stderr.isatty(), desc="views") as bar:
-        computed = fill_cache(cache, data, lambda x: runner(x)["logits"], args.batch_size,
+        computed = fill_cache(cache, data, lambda x: runner(x).logits, args.batch_size,
                               device, progress=lambda done, total: bar.update(1))
     log.info("computed %d teacher forwards; the cache is complete: use --teacher-cache "
              "(with the same --cache-dir) in kdzoo train", computed)

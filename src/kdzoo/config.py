@@ -34,6 +34,7 @@ class MethodConfig:
 class StudentConfig:
     name: str = "resnet20"
     init: str | None = None  # initial weights (the reference's --s_init); default: seeded init
+    pretrained: bool = False  # torchvision/timm models: start from the library's weights
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TeacherConfig:
     name: str | None = None
     checkpoint: str | None = None
     untrained: bool = False  # allow a randomly initialised teacher (smoke tests, benchmarks)
+    pretrained: bool = False  # torchvision/timm models: the library's pretrained weights
 
 
 @dataclass
@@ -175,22 +177,35 @@ def _type_name(tp: Any) -> str:
         tp, getattr(tp, "__name__", str(tp)))
 
 
-def _check_value(key: str, value: Any, tp: Any) -> Any:
+def check_value(key: str, value: Any, tp: Any, what: str = "config key") -> Any:
+    """``value`` converted to type ``tp`` (an int is a fine float, a YAML string "1e-4" too), or
+    a one-line :class:`ConfigError` naming ``what`` and ``key``."""
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices and not (isinstance(value, bool) and bool not in map(type, choices)):
+            return value
+        listed = ", ".join(map(str, choices))
+        raise ConfigError(f"{what} '{key}' must be one of {listed}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_value(key, value, inner)
+        options = [a for a in args if a is not type(None)]
+        for inner in options[:-1]:
+            try:
+                return check_value(key, value, inner, what)
+            except ConfigError:
+                continue
+        return check_value(key, value, options[-1], what)
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        return [_check_value(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+            raise ConfigError(f"{what} '{key}' must be a list, got {value!r}")
+        return [check_value(f"{key}[{i}]", v, inner, what) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"{what} '{key}' must be a mapping, got {value!r}")
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -201,7 +216,7 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
             pass
     if isinstance(value, tp) and not (isinstance(value, bool) and tp is not bool):
         return value
-    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{what} '{key}' must be {_type_name(tp)}, got {value!r}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -224,7 +239,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
                 raise ConfigError(f"config key '{full}' must be a mapping, got {value!r}")
             kwargs[key] = _build(hint, value, f"{full}.")
         else:
-            kwargs[key] = _check_value(full, value, hint)
+            kwargs[key] = check_value(full, value, hint)
     if open_field is not None:
         kwargs[open_field] = extra
     return cls(**kwargs)

@@ -39,12 +39,17 @@ class Registry(Generic[T]):
         self.kind = kind
         self.list_command = list_command
         self._entries: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}  # other spellings -> registered name
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name`` (and ``aliases``, which ``get`` accepts
+        but ``names`` does not list)."""
         def decorator(obj: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            for key in (name, *aliases):
+                if key in self:
+                    raise ValueError(f"{self.kind} '{key}' is registered twice")
             self._entries[name] = obj
+            self._aliases.update({alias: name for alias in aliases})
             return obj
 
         return decorator
@@ -52,10 +57,15 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Remove an entry (for tests and plugins that register temporarily)."""
         self._entries.pop(name, None)
+        self._aliases = {a: n for a, n in self._aliases.items() if n != name}
+
+    def canonical(self, name: str) -> str:
+        """The registered name of ``name`` (itself or the name it is an alias of)."""
+        return self._aliases.get(name, name)
 
     def get(self, name: str) -> T:
         try:
-            return self._entries[name]
+            return self._entries[self.canonical(name)]
         except KeyError:
             hint = did_you_mean(name, self.names())
             where = f"; `{self.list_command}` lists them" if self.list_command else ""
@@ -68,7 +78,7 @@ class Registry(Generic[T]):
         return sorted(self._entries, key=natural_key)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

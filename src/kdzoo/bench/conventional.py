@@ -201,7 +201,6 @@ def topk_accuracy(output: Tensor, target: Tensor, topk: tuple[int, ...] = (1, 5)
             for k in topk]
 
 
-_STAGES = ("stage1", "stage2", "stage3")  # RepDistiller's feat[1:-1] of a CIFAR ResNet
 
 
 class ConventionalRunner:
@@ -257,8 +256,8 @@ class ConventionalRunner:
             for param in self.teacher.parameters():
                 param.requires_grad_(False)
         if case == "crd":
-            self.embed_s = Embed(self.student.feature_info["pool"].channels).to(self.device)
-            self.embed_t = Embed(self.teacher.feature_info["pool"].channels).to(self.device)
+            self.embed_s = Embed(self.student.feature_info.pool).to(self.device)
+            self.embed_t = Embed(self.teacher.feature_info.pool).to(self.device)
             self.memory = ContrastMemory(FEAT_DIM, self.n_data, nce_k).to(self.device)
             trainable += [self.embed_s, self.embed_t]  # RepDistiller's trainable_list
         params = [p for module in trainable for p in module.parameters()]
@@ -283,22 +282,22 @@ class ConventionalRunner:
         if self.teacher is None:  # train_vanilla: logits only, CE only
             logits = self.student(images)
             return F.cross_entropy(logits, target), logits
-        feats_s = self.student.forward_features(images)
+        feats_s = self.student.features(images)
         with torch.no_grad():
-            feats_t = self.teacher.forward_features(images)
-            feats_t = {name: f.detach() for name, f in feats_t.items()}
-        logit_s = feats_s["logits"]
+            feats_t = self.teacher.features(images).map(Tensor.detach)
+        logit_s = feats_s.logits
         gamma, alpha, beta = _WEIGHTS[self.case]
         loss_cls = F.cross_entropy(logit_s, target)
-        loss_div = kd_kl(logit_s, feats_t["logits"])
+        loss_div = kd_kl(logit_s, feats_t.logits)
         if self.case == "st":
             loss_kd = logit_s.new_zeros(())
         elif self.case == "at":
-            loss_kd = sum(attention_loss(feats_s[k], feats_t[k]) for k in _STAGES)
+            # RepDistiller's feat[1:-1] of a CIFAR ResNet: the three stages
+            loss_kd = sum(attention_loss(s, t) for s, t in zip(feats_s.stages, feats_t.stages))
         else:
             index, sample_idx = data[2], data[3]
-            v_s = self.embed_s(feats_s["pool"])
-            v_t = self.embed_t(feats_t["pool"])
+            v_s = self.embed_s(feats_s.pool)
+            v_t = self.embed_t(feats_t.pool)
             out_s, out_t = self.memory(v_s, v_t, index, sample_idx)
             loss_kd = nce_loss(out_s, self.n_data) + nce_loss(out_t, self.n_data)
         return gamma * loss_cls + alpha * loss_div + beta * loss_kd, logit_s

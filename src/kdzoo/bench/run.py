@@ -97,7 +97,7 @@ class KdzooRunner:
         for _ in range(steps):
             _, _, batch = next(stream)
             views = cache.views.index(batch.offsets, batch.flips)
-            cache.logits_for(batch.indices, views, batch.images, lambda x: runner(x)["logits"])
+            cache.logits_for(batch.indices, views, batch.images, lambda x: runner(x).logits)
         cache.flush()
 
     def warm_up_last_batch(self) -> None:

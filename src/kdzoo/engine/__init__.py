@@ -3,7 +3,7 @@ from .api import RunResult, default_out, fit
 from .build import Components, build, freeze
 from .evaluate import evaluate
 from .rundir import RunDir, read_metrics, read_summary
-from .schedule import Cosine, MultiStep, Piecewise, build_schedule
+from ..core import Cosine, MultiStep, Piecewise, build_schedule
 from .trainer import Trainer
 
 __all__ = [

@@ -11,7 +11,7 @@ import torch
 
 from ..config import TrainConfig
 from ..models import FeatureNet
-from .build import build
+from .build import build, effective_config, validate_config
 from .rundir import LOG, RunDir
 from .state import check_resume_config
 from .trainer import Trainer
@@ -57,6 +57,8 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     write the run folder ``config.out``. Bad input raises :class:`~kdzoo.errors.KdzooError`
     before anything is written; ``resume`` continues the run in ``config.out`` from its last
     checkpoint; ``overwrite`` replaces the kdzoo files of an existing folder."""
+    validate_config(config)
+    config = effective_config(config)  # the hyper-parameters' defaults are recorded too
     if config.deterministic:
         set_deterministic()
     out = Path(config.out) if config.out else default_out(config, resume)

@@ -1,39 +1,69 @@
 """Turn a :class:`~kdzoo.config.TrainConfig` into the pieces of a run, checking every user input
-on the way (names, numbers, checkpoints, feature points) before anything is written."""
+on the way (names, numbers, hyper-parameters, checkpoints, what the networks can give the
+method) before anything is written."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import torch
 
-from ..config import TrainConfig
+from ..config import TeacherConfig, TrainConfig
+from ..core import LRSchedule, Role, Stage, build_schedule
 from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.base import DATASETS
 from ..errors import ConfigError
-from ..methods import METHODS, Method, MethodContext, Stage, create_method, resolve_method_params
-from ..models import MODELS, FeatureNet, create_model, load_weights
+from ..methods import METHODS, Method, MethodContext, resolve_method_params
+from ..models import FeatureNet, create_model, load_weights, model_factory
+from ..models.features import check_request
 from ..seeding import seeded
 from .cache import TeacherCache
-from .schedule import LRSchedule, build_schedule
+from .step import StepModule
 from .teacher import TeacherRunner
 
 log = logging.getLogger("kdzoo")
 
+#: Training batches whose statistics an untrained teacher's BatchNorms are calibrated on.
+CALIBRATION_BATCHES = 4
+
 
 @dataclass
 class Components:
+    """Everything a run needs. ``networks`` holds every role's network by role name (the
+    student, frozen teachers, trained peers); ``step`` is the module that computes a training
+    step; ``teacher_runners`` are the frozen roles' fast inference paths."""
+
     config: TrainConfig
     device: torch.device
     data: ImageDataset
     loader: BatchLoader
-    student: FeatureNet
-    teacher: FeatureNet | None
+    networks: dict[str, FeatureNet]
     method: Method
+    step: StepModule
     stages: list[Stage]
     schedule: LRSchedule
-    teacher_runner: TeacherRunner | None = None  # the frozen teacher's fast inference path
-    teacher_cache: TeacherCache | None = None    # its logits for every augmented view
+    teacher_runners: dict[str, TeacherRunner]
+    teacher_cache: TeacherCache | None = None  # the teacher's logits for every augmented view
+    #: frozen roles without a checkpoint -> training batches their BatchNorms were calibrated on
+    calibrated: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def student(self) -> FeatureNet:
+        return self.networks["student"]
+
+    @property
+    def teacher(self) -> FeatureNet | None:
+        """The frozen teacher (role "teacher"), if the method has one."""
+        return self.networks.get("teacher")
+
+    @property
+    def teacher_runner(self) -> TeacherRunner | None:
+        return self.teacher_runners.get("teacher")
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        return type(self.method).roles
 
 
 def check_amp(config: TrainConfig, device: torch.device) -> None:
@@ -71,8 +101,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def role_config(config: TrainConfig, role: Role) -> TeacherConfig:
+    """The config section that names ``role``'s model (frozen teachers and trained peers)."""
+    return getattr(config, role.source)
+
+
+def effective_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with the method's effective hyper-parameters, defaults included (what the run
+    folder, the checkpoint and the summary record, and what a resume compares)."""
+    params = resolve_method_params(config.method.name, config.method.params)
+    return dataclasses.replace(config, method=dataclasses.replace(config.method, params=params))
+
+
 def validate_config(config: TrainConfig) -> None:
-    """Checks that need no data or files: numbers in range, names that exist."""
+    """Checks that need no data or files: numbers in range, names and hyper-parameters."""
     optim = config.optim
     for key, value in (("epochs", optim.epochs), ("batch_size", optim.batch_size)):
         if value < 1:
@@ -94,33 +136,43 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"log_interval must be positive, got {config.log_interval}")
     method_cls = METHODS.get(config.method.name)
     resolve_method_params(config.method.name, config.method.params)
-    MODELS.get(config.student.name)
+    model_factory(config.student.name)
     DATASETS.get(config.data.name)
-    if method_cls.needs_teacher:
-        if config.teacher.name is None:
-            raise ConfigError(f"method {config.method.name} needs a teacher: pass --teacher NAME "
-                              "--teacher-checkpoint FILE")
-        MODELS.get(config.teacher.name)
-        peer_from_scratch = method_cls.trains_teacher  # DML's peer may start untrained
-        if config.teacher.checkpoint is None and not (config.teacher.untrained or
-                                                      peer_from_scratch):
+    for role in method_cls.roles:
+        if role.source == "student":
+            continue
+        section = role_config(config, role)
+        if section.name is None:
+            raise ConfigError(f"method {config.method.name} needs a {role.name}: pass "
+                              f"--{role.source} NAME" + ("" if role.trainable else
+                                                         " --teacher-checkpoint FILE"))
+        model_factory(section.name)
+        # A trained peer (DML) may start untrained; a frozen teacher must be trained.
+        if not role.trainable and section.checkpoint is None and not section.untrained \
+                and not section.pretrained:
             raise ConfigError(
                 f"method {config.method.name} needs a trained teacher: pass --teacher-checkpoint "
                 f"FILE (train one with `kdzoo train --method baseline --student "
-                f"{config.teacher.name} ...`), or --untrained-teacher for smoke tests"
+                f"{section.name} ...`), or --untrained-teacher for smoke tests"
             )
     build_schedule(optim)
 
 
-def build_student(config: TrainConfig, data: ImageDataset) -> FeatureNet:
-    """The student's initial weights depend only on (model, classes, channels, seed), so every
-    method run with one seed starts from the same weights (the reference's ``--s_init``)."""
-    name = config.student.name
-    with seeded("student-init", name, data.num_classes, data.in_chans, config.seed):
-        student = create_model(name, num_classes=data.num_classes, in_chans=data.in_chans)
-    if config.student.init is not None:
-        load_weights(student, config.student.init, trust=config.trust_checkpoint)
-    return student
+def build_network(config: TrainConfig, data: ImageDataset, role: Role) -> FeatureNet:
+    """A role's network. Initial weights depend only on (role, model, classes, channels, seed),
+    so every method run with one seed starts its student from the same weights (the
+    reference's ``--s_init``) and a peer of the same architecture from other weights."""
+    section = config.student if role.source == "student" else role_config(config, role)
+    name = section.name
+    assert name is not None  # validate_config checked it
+    checkpoint = None if role.source == "student" else section.checkpoint
+    with seeded(f"{role.name}-init", name, data.num_classes, data.in_chans, config.seed):
+        network = create_model(name, num_classes=data.num_classes, in_chans=data.in_chans,
+                               checkpoint=checkpoint, trust_checkpoint=config.trust_checkpoint,
+                               pretrained=section.pretrained)
+    if role.source == "student" and config.student.init is not None:
+        load_weights(network, config.student.init, trust=config.trust_checkpoint)
+    return network
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
@@ -131,86 +183,102 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def build_teacher(config: TrainConfig, data: ImageDataset,
-                  method_cls: type[Method]) -> FeatureNet | None:
-    if not method_cls.needs_teacher:
-        return None
-    name = config.teacher.name
-    assert name is not None  # validate_config checked it
-    # A peer trained alongside the student (DML) must not start from the student's weights
-    # when both are the same model, so its seed stream differs from the student's.
-    role = "peer-init" if method_cls.trains_teacher else "teacher-init"
-    with seeded(role, name, data.num_classes, data.in_chans, config.seed):
-        teacher = create_model(name, num_classes=data.num_classes, in_chans=data.in_chans,
-                               checkpoint=config.teacher.checkpoint,
-                               trust_checkpoint=config.trust_checkpoint)
-    return teacher if method_cls.trains_teacher else freeze(teacher)
+@torch.no_grad()
+def calibrate_batchnorm(model: torch.nn.Module, loader: BatchLoader, seed: int,
+                        batches: int = CALIBRATION_BATCHES) -> int:
+    """Set every BatchNorm's running statistics to their average over ``batches`` training
+    batches (train-mode forwards, no gradients). An untrained deep network's eval-mode outputs
+    explode otherwise (a random resnet110 gives logits of ~1e8), so a smoke run with an
+    untrained teacher would end at the NaN guard. The batches are epoch 0's, which training
+    never uses. Returns the number of batches used."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    used = 0
+    for used, batch in enumerate(loader.train_batches(seed, 0), start=1):
+        model(batch.images)
+        if used == batches:
+            break
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.eval()
+    return used
 
 
-def check_feature_points(method_cls: type[Method], student: FeatureNet,
-                         teacher: FeatureNet | None) -> None:
-    pairs = [("student", student, method_cls.required_student_points())]
-    if teacher is not None:
-        pairs.append(("teacher", teacher, method_cls.required_teacher_points()))
-    for role, model, points in pairs:
-        missing = [p for p in points if p not in model.feature_info]
-        if missing:
-            raise ConfigError(
-                f"method {method_cls.name} needs feature point(s) {', '.join(missing)} that the "
-                f"{role} {model.model_name} does not provide (it has: "
-                f"{', '.join(model.feature_info)}); choose another {role} or method"
-            )
+def check_features(method_cls: type[Method], config: TrainConfig,
+                   networks: dict[str, FeatureNet]) -> None:
+    """One line for a network that cannot give the method what it asks (too few stages, no
+    pre-activation outputs, no BatchNorm before a ReLU, no stem)."""
+    params = method_cls.Params.build(config.method.name, config.method.params)
+    infos = {name: net.feature_info for name, net in networks.items()}
+    requests = method_cls.feature_requests(params, infos)
+    for role in method_cls.roles:
+        network = networks[role.name]
+        check_request(config.method.name, role.name, network.model_name or role.name,
+                      requests[role.name], network.feature_info)
 
 
 def build(config: TrainConfig) -> Components:
     """Everything a run needs, on its device; raises a one-line error for any bad input."""
     validate_config(config)
+    config = effective_config(config)
     device = resolve_device(config.device)
     check_amp(config, device)
     data = load_dataset(config.data.name, config.data.data_dir, config.data.download,
                         **config.data.options)
     method_cls = METHODS.get(config.method.name)
-    student = build_student(config, data)
-    teacher = build_teacher(config, data, method_cls)
-    check_feature_points(method_cls, student, teacher)
+    networks = {role.name: build_network(config, data, role) for role in method_cls.roles}
+    check_features(method_cls, config, networks)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    chunk = inference_chunk(config, device)
+    loader = BatchLoader(data, config.optim.batch_size, device, channels_last=config.channels_last,
+                         eval_batch_size=config.eval_batch_size or chunk)
+    calibrated = {}
+    for role in method_cls.roles:
+        network = networks[role.name].to(device=device, memory_format=memory_format)
+        if not role.trainable:
+            section = role_config(config, role)
+            if section.checkpoint is None and not section.pretrained:
+                calibrated[role.name] = calibrate_batchnorm(network, loader, config.seed)
+            freeze(network)
+    infos = {name: net.feature_info for name, net in networks.items()}
+    teacher = networks.get("teacher")
     ctx = MethodContext(
-        student_info=dict(student.feature_info),
-        teacher_info=dict(teacher.feature_info) if teacher is not None else None,
+        student_info=infos["student"],
+        teacher_info=teacher.feature_info if teacher is not None else None,
         num_classes=data.num_classes,
         image_size=data.image_size,
         in_chans=data.in_chans,
         train_labels=data.train_labels,
         data_name=data.name,
         seed=config.seed,
+        infos=infos,
     )
     with seeded("method-init", config.method.name, config.seed):
-        method = create_method(config.method.name, ctx, **config.method.params)
+        method = METHODS.get(config.method.name)(
+            ctx, method_cls.Params.build(config.method.name, config.method.params))
     schedule = build_schedule(config.optim)
     stages = method.stages(Stage("main", config.optim.epochs, schedule))
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    student.to(device=device, memory_format=memory_format)
-    if teacher is not None:
-        teacher.to(device=device, memory_format=memory_format)
     method.to(device)
-    chunk = inference_chunk(config, device)
-    loader = BatchLoader(data, config.optim.batch_size, device, channels_last=config.channels_last,
-                         eval_batch_size=config.eval_batch_size or chunk)
+    step = StepModule(method, networks, compile=config.compile, seed=config.seed)
     cache = None
     if config.teacher_cache and teacher is not None:
         if not method_cls.can_use_teacher_cache():
-            points = method_cls.required_teacher_points()
-            reason = (f"needs teacher features besides the logits ({', '.join(points)})"
-                      if points != ("logits",) else "runs the teacher itself (on other inputs "
-                      "than the training views, or with gradients)")
+            request = method.requests["teacher"]
+            reason = ("needs teacher features besides the logits" if request != type(request)()
+                      else "runs the teacher itself (on other inputs than the training views, "
+                           "or with gradients)")
             raise ConfigError(f"method {config.method.name} {reason}, so the teacher's outputs "
                               "cannot be cached: run without --teacher-cache")
         cache = TeacherCache.for_teacher(teacher, data, config.cache_dir)
-    runner = None
-    if teacher is not None and not method_cls.trains_teacher:
-        runner = TeacherRunner(teacher, method_cls.required_teacher_points(),
-                               fold_bn=config.fold_teacher_bn, compile=config.compile,
-                               memory_format=memory_format, chunk=chunk)
+    runners = {role.name: TeacherRunner(networks[role.name], method.requests[role.name],
+                                        fold_bn=config.fold_teacher_bn, compile=config.compile,
+                                        memory_format=memory_format, chunk=chunk)
+               for role in method_cls.frozen_roles()}
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
-    return Components(config, device, data, loader, student, teacher, method, stages, schedule,
-                      runner, cache)
+    return Components(config, device, data, loader, networks, method, step, stages, schedule,
+                      runners, cache, calibrated)

@@ -39,10 +39,9 @@ def run_state(trainer: "Trainer", wall_seconds: float) -> dict[str, Any]:
         "stage_index": trainer.stage_index,
         "stage_epoch": trainer.stage_epoch,
         "global_epoch": trainer.global_epoch,
-        "student": parts.student.state_dict(),
+        "networks": {role.name: parts.networks[role.name].state_dict()
+                     for role in parts.method.trainable_roles()},
         "method": parts.method.state_dict(),
-        "peer": parts.teacher.state_dict() if parts.method.trains_teacher and parts.teacher
-        is not None else None,
         "optimizers": optimizers,
         "rng": rng,
         "history": trainer.history,
@@ -70,10 +69,13 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 
 def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config with today's defaults for keys it lacks (added by a newer kdzoo), so an
-    upgrade does not block resuming; an invalid saved config is compared as it is."""
+    """A saved config with today's defaults for keys it lacks (added by a newer kdzoo, including
+    method hyper-parameters an older kdzoo did not record), so an upgrade does not block
+    resuming; an invalid saved config is compared as it is."""
+    from .build import effective_config
+
     try:
-        return config_from_dict(saved).to_dict()
+        return effective_config(config_from_dict(saved)).to_dict()
     except KdzooError:
         return saved
 
@@ -110,10 +112,14 @@ def load_run_state(trainer: "Trainer") -> bool:
             f"{'; '.join(differences)}; rerun with the run's settings (see its config.yaml) or "
             "start a new run with another --out"
         )
-    parts.student.load_state_dict(state["student"])
+    networks = state.get("networks")
+    if networks is None:  # written by kdzoo 0.1: the student, and DML's peer under "peer"
+        networks = {"student": state["student"]}
+        if state.get("peer") is not None:
+            networks["peer"] = state["peer"]
+    for name, weights in networks.items():
+        parts.networks[name].load_state_dict(weights)
     parts.method.load_state_dict(state["method"])
-    if state.get("peer") is not None and parts.teacher is not None:
-        parts.teacher.load_state_dict(state["peer"])
     trainer.saved_optimizer_states = dict(state["optimizers"])
     trainer.stage_index = state["stage_index"]
     trainer.stage_epoch = state["stage_epoch"]

@@ -31,19 +31,22 @@ def make_summary(trainer: "Trainer", wall_seconds: float, finished: bool) -> dic
     best_top1, best_top1_epoch = _best(history, "test_top1")
     best_top5, best_top5_epoch = _best(history, "test_top5")
     teacher = trainer.teacher_eval or {}
-    peer = {}
-    if parts.method.trains_teacher:
-        peer_best, peer_best_epoch = _best(history, "peer_test_top1")
-        peer = {"peer": config.teacher.name, "peer_best_top1": peer_best,
-                "peer_best_top1_epoch": peer_best_epoch,
-                "peer_last_top1": last.get("peer_test_top1"),
-                "peer_last_top5": last.get("peer_test_top5")}
+    peers: dict[str, Any] = {}
+    for role in parts.method.trainable_roles():
+        if role.name == "student":
+            continue
+        best, best_epoch = _best(history, f"{role.prefix}test_top1")
+        peers.update({role.name: getattr(config, role.source).name,
+                      f"{role.prefix}best_top1": best, f"{role.prefix}best_top1_epoch": best_epoch,
+                      f"{role.prefix}last_top1": last.get(f"{role.prefix}test_top1"),
+                      f"{role.prefix}last_top5": last.get(f"{role.prefix}test_top5")})
     return {
         "method": config.method.name,
         "student": config.student.name,
         "teacher": config.teacher.name if parts.teacher is not None else None,
         "data": config.data.name,
         "seed": config.seed,
+        "hyperparameters": dict(config.method.params),
         "finished": finished,
         "epochs": trainer.global_epoch,
         "best_top1": best_top1,
@@ -55,7 +58,8 @@ def make_summary(trainer: "Trainer", wall_seconds: float, finished: bool) -> dic
         "last_epoch": last.get("epoch"),
         "teacher_top1": teacher.get("top1"),
         "teacher_top5": teacher.get("top5"),
-        **peer,
+        "teacher_untrained": "teacher" in parts.calibrated,
+        **peers,
         "student_parameters": count_parameters(parts.student),
         "method_parameters": count_parameters(parts.method),
         "wall_seconds": wall_seconds,

@@ -1,10 +1,11 @@
 """The one training loop.
 
-Per batch: the frozen teacher runs once, without autograd, for the feature points the method
-asked for; the student runs once; the loop adds the cross-entropy to the method's named terms,
-backpropagates their sum and steps the optimiser over the student's and the method's trainable
-parameters. Losses and accuracies are accumulated on the device and read once per epoch (and at
-progress-bar updates), so the loop does not wait on the host every step.
+Per batch: the frozen teachers run once, without autograd, for the features the method asked
+for; then one call of the step module (:mod:`kdzoo.engine.step`) runs the trainable roles (the
+student, any trained peers) and the method, and returns the named terms (a cross-entropy per
+trainable role plus the method's); the loop backpropagates their sum and steps the optimisers
+of the trainable roles. Losses and accuracies are accumulated on the device and read once per
+epoch (and at progress-bar updates), so the loop does not wait on the host every step.
 
 Multi-stage methods declare their stages (:meth:`Method.stages`); this loop runs them in order,
 each with its own schedule, loss multipliers and (possibly shared) optimiser. After every epoch
@@ -21,18 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
 from ..data.loader import Batch
 from ..io import atomic_torch_save
-from ..methods import Stage, Step
-from ..models import export_model
+from ..core import Stage
+from ..models import Features, export_model
 from .build import Components
-from .evaluate import accuracy_of_logits, evaluate, predict, topk_correct
+from .evaluate import accuracy_of_logits, evaluate, topk_correct
 from .guard import NonFiniteError, NonFiniteGuard
-from .rundir import CHECKPOINT, PEER, STUDENT, RunDir
+from .rundir import CHECKPOINT, RunDir
 from .state import load_run_state, run_state
 from .summary import make_summary
 
@@ -64,11 +64,6 @@ class Trainer:
         self.teacher_eval: dict[str, float] | None = None
         self.wall_before = 0.0    # seconds spent before a resume
         config = parts.config
-        self.student_forward = parts.student.forward_features
-        # Methods that differentiate through input gradients (Sobolev, LwM) need a double
-        # backward, which compiled graphs do not support: their student stays eager.
-        if config.compile and not parts.method.needs_input_grad:
-            self.student_forward = torch.compile(parts.student.forward_features)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
         self.autocast = torch.autocast(parts.device.type, dtype=amp_dtype,
                                        enabled=amp_dtype is not None)
@@ -96,60 +91,46 @@ class Trainer:
         return self.optimizers[name]
 
     def stage_optimizers(self, stage: Stage) -> list[torch.optim.Optimizer]:
-        """The stage's optimiser (stages naming the same one share it, momentum included) and,
-        for mutual learning, the peer's: two optimisers stepped together, as in DML."""
+        """The stage's optimiser (stages naming the same one share it, momentum included) and
+        one per trained peer, named after its role, with the same settings: the optimisers of
+        the trainable roles, stepped together (as DML steps its two networks)."""
         optimizers = [self._make_optimizer(stage.optimizer, self._parameters(stage),
                                            stage.optimizer_settings)]
-        if self.parts.method.trains_teacher and stage.trainable != "method":
-            assert self.parts.teacher is not None
-            optimizers.append(self._make_optimizer("peer", list(self.parts.teacher.parameters()),
-                                                   stage.optimizer_settings))
+        if stage.trainable != "method":
+            for role in self.parts.method.trainable_roles():
+                if role.name != "student":
+                    params = list(self.parts.networks[role.name].parameters())
+                    optimizers.append(self._make_optimizer(role.name, params,
+                                                           stage.optimizer_settings))
         return optimizers
 
     # -------------------------------------------------------------------------------- forward
-    def teacher_features(self, images: Tensor, batch: Batch) -> dict[str, Tensor] | None:
-        teacher, method, cache = self.parts.teacher, self.parts.method, self.parts.teacher_cache
-        if teacher is None:
-            return None
-        if cache is not None:
-            assert batch.offsets is not None and self.parts.teacher_runner is not None
-            runner = self.parts.teacher_runner
-            views = cache.views.index(batch.offsets, batch.flips)
-            return {"logits": cache.logits_for(batch.indices, views, images,
-                                               lambda x: runner(x)["logits"])}
-        if method.trains_teacher:  # a peer: trained, so it runs with autograd
-            return teacher.forward_features(images)
-        if method.needs_input_grad:  # gradients w.r.t. the input flow through the frozen teacher
-            return teacher.forward_features(images, method.required_teacher_points())
-        assert self.parts.teacher_runner is not None
-        return self.parts.teacher_runner(images)
+    def frozen_features(self, batch: Batch) -> dict[str, Features]:
+        """The frozen roles' features for a batch: from the teacher cache, with autograd (when
+        the method differentiates through the teacher) or through the fast inference path."""
+        parts, method = self.parts, self.parts.method
+        found: dict[str, Features] = {}
+        for role in method.frozen_roles():
+            cache = parts.teacher_cache if role.name == "teacher" else None
+            runner = parts.teacher_runners[role.name]
+            if cache is not None:
+                assert batch.offsets is not None
+                views = cache.views.index(batch.offsets, batch.flips)
+                found[role.name] = Features(logits=cache.logits_for(
+                    batch.indices, views, batch.images, lambda x: runner(x).logits))
+            elif method.needs_input_grad:  # gradients w.r.t. the input flow through it
+                found[role.name] = parts.networks[role.name].features(batch.images)
+            else:
+                found[role.name] = runner(batch.images)
+        return found
 
     def step_terms(self, batch: Batch, stage: Stage, epoch: int,
                    step_index: int) -> tuple[dict[str, Tensor], Tensor | None]:
         """The named loss terms of one batch, and the student's logits (None if not run)."""
-        parts, method = self.parts, self.parts.method
-        images = batch.images
-        if method.needs_input_grad:
-            images = images.requires_grad_(True)
-        use_method = stage.method_weight != 0
-        teacher_feats = self.teacher_features(images, batch) if use_method or \
-            method.trains_teacher else None
-        terms: dict[str, Tensor] = {}
-        student_feats, logits = None, None
-        if stage.uses_student:
-            student_feats = self.student_forward(images)
-            logits = student_feats["logits"]
-            # Kept even when ce_weight is 0: the classifier then gets zero (not missing)
-            # gradients, so weight decay still applies, as in the reference's init stages.
-            terms["ce"] = stage.ce_weight * F.cross_entropy(logits, batch.labels)
-        if method.trains_teacher and teacher_feats is not None:
-            terms["peer_ce"] = F.cross_entropy(teacher_feats["logits"], batch.labels)
-        if use_method:
-            step = Step(batch, stage, epoch, step_index, parts.student, parts.teacher,
-                        parts.config.seed)
-            for name, value in method(student_feats, teacher_feats, step).items():
-                terms[name] = stage.method_weight * value
-        return terms, logits
+        if self.parts.method.needs_input_grad:
+            batch.images.requires_grad_(True)
+        frozen = self.frozen_features(batch) if stage.method_weight != 0 else {}
+        return self.parts.step(batch, stage, epoch, step_index, frozen)
 
     def begin_epoch(self, stage: Stage, lr: float) -> "EpochSetup":
         """Set the learning rate and the train/eval modes for an epoch of ``stage``."""
@@ -158,10 +139,8 @@ class Trainer:
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr
+        parts.step.train()
         parts.student.train(stage.uses_student)
-        parts.method.train()
-        if parts.method.trains_teacher and parts.teacher is not None:
-            parts.teacher.train()
         params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
         return EpochSetup(optimizers, params,
                           NonFiniteGuard(parts.config.nonfinite, parts.loader.device))
@@ -240,22 +219,22 @@ class Trainer:
         logits = cache.test_logits() if cache is not None else None
         if logits is None:
             runner = parts.teacher_runner  # the fast path computes the same logits, sooner
-            logits = (predict(parts.teacher, parts.loader) if runner is None else
-                      torch.cat([runner(b.images)["logits"] for b in parts.loader.test_batches()]))
+            assert runner is not None
+            logits = torch.cat([runner(b.images).logits for b in parts.loader.test_batches()])
             if cache is not None:
                 cache.store_test_logits(logits)
         return accuracy_of_logits(logits.to(labels.device).float(), labels)
 
     def evaluate_epoch(self) -> dict[str, float]:
+        """Test top-1/top-5 and loss of every trainable role (a peer's prefixed by its role)."""
         parts = self.parts
         start = time.perf_counter()
-        result = evaluate(parts.student, parts.loader)
-        record = {"test_top1": result["top1"], "test_top5": result["top5"],
-                  "test_loss": result["loss"]}
-        if parts.method.trains_teacher and parts.teacher is not None:
-            peer = evaluate(parts.teacher, parts.loader)
-            record.update(peer_test_top1=peer["top1"], peer_test_top5=peer["top5"],
-                          peer_test_loss=peer["loss"])
+        record: dict[str, float] = {}
+        for role in parts.method.trainable_roles():
+            result = evaluate(parts.networks[role.name], parts.loader)
+            record.update({f"{role.prefix}test_top1": result["top1"],
+                           f"{role.prefix}test_top5": result["top5"],
+                           f"{role.prefix}test_loss": result["loss"]})
         record["eval_seconds"] = time.perf_counter() - start
         return record
 
@@ -267,7 +246,10 @@ class Trainer:
             log.info("resuming %s after epoch %d", self.run.path, self.global_epoch)
         else:
             self.run.write_config(parts.config.to_yaml())
-        if parts.teacher is not None and not parts.method.trains_teacher:
+        for role, batches in parts.calibrated.items():
+            log.info("%s %s is untrained: its BatchNorm statistics were calibrated on %d training "
+                     "batches", role, parts.networks[role].model_name, batches)
+        if parts.teacher is not None:
             self.teacher_eval = self.check_teacher()
             log.info("teacher %s: test top-1 %.2f%%, top-5 %.2f%% (checked before distilling)",
                      parts.teacher.model_name, self.teacher_eval["top1"],
@@ -297,9 +279,9 @@ class Trainer:
                 self.run.write_summary(make_summary(self, wall, finished=False))
                 log.info(_epoch_line(record, total_epochs))
         wall = self.wall_before + time.perf_counter() - started
-        export_model(parts.student, self.run / STUDENT, method=parts.config.method.name)
-        if parts.method.trains_teacher and parts.teacher is not None:
-            export_model(parts.teacher, self.run / PEER, method=parts.config.method.name)
+        for role in parts.method.trainable_roles():
+            export_model(parts.networks[role.name], self.run / f"{role.name}.pt",
+                         method=parts.config.method.name)
         summary = make_summary(self, wall, finished=True)
         self.run.write_summary(summary)
         return summary

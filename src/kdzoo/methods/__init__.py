@@ -4,7 +4,8 @@ one file."""
 import importlib
 import pkgutil
 
-from .base import Method, MethodContext, Stage, Step
+from ..core import Role, Stage, Step
+from .base import Method, MethodContext, MethodParams
 from .registry import (METHODS, create_method, get_method_class, list_methods, method_defaults,
                        register_method, resolve_method_params)
 
@@ -17,6 +18,8 @@ __all__ = [
     "METHODS",
     "Method",
     "MethodContext",
+    "MethodParams",
+    "Role",
     "Stage",
     "Step",
     "create_method",

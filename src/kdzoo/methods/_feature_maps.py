@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Iterable
+from typing import Callable
 
 from torch import Tensor, nn
 
 from .. import functional as KF
-from ..engine.schedule import Piecewise
+from ..core import Piecewise, Stage
 from ..errors import ConfigError
-from ..models.features import Feats
-from .base import Method, MethodContext, Stage
+from ..models.features import FeatureInfo, FeatureRequest, Features
+from .base import Method, MethodContext
 
 #: The reference's ``adjust_lr_init`` splits its 50 epochs 30 / 10 / 10.
 INIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -28,49 +28,57 @@ def conv_bn_connector(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels))
 
 
-def width_connectors(ctx: MethodContext, points: Iterable[str]) -> nn.ModuleDict:
-    """A :func:`conv_bn_connector` for each point whose student and teacher channel counts
-    differ, and nothing for the others (equal widths: the reference's exact behaviour)."""
+def connector_key(info: FeatureInfo, position: int, preact: bool = False) -> str:
+    """The name of the student's stage at ``position`` (negative): ``stage3`` for the last of
+    three stages, ``stage2_pre`` for the pre-activation output of the second, as the connectors
+    of the CIFAR ResNets have always been named."""
+    return f"stage{len(info.stages) + position + 1}{'_pre' if preact else ''}"
+
+
+def width_connectors(ctx: MethodContext, request: FeatureRequest,
+                     stem: bool = False) -> nn.ModuleDict:
+    """A :func:`conv_bn_connector` for each requested stage (and the stem, if ``stem``) whose
+    student and teacher channel counts differ, and nothing for the others (equal widths: the
+    reference's exact behaviour). Stages are aligned from the end."""
     assert ctx.teacher_info is not None, "feature-map methods need a teacher"
+    student, teacher = ctx.student_info, ctx.teacher_info
+    pairs = [(connector_key(student, p, request.preact), student.stages[p].channels,
+              teacher.stages[p].channels) for p in request.positions]
+    if stem:
+        assert student.stem is not None and teacher.stem is not None
+        pairs.insert(0, ("stem", student.stem.channels, teacher.stem.channels))
     connectors = nn.ModuleDict()
-    for point in points:
-        s_channels = ctx.student_info[point].channels
-        t_channels = ctx.teacher_info[point].channels
+    for key, s_channels, t_channels in pairs:
         if s_channels != t_channels:
-            connectors[point] = conv_bn_connector(s_channels, t_channels)
+            connectors[key] = conv_bn_connector(s_channels, t_channels)
     return connectors
 
 
-def connect(connectors: nn.ModuleDict, point: str, student_feat: Tensor) -> Tensor:
-    """The student's map at ``point``, through its connector when it has one."""
-    return connectors[point](student_feat) if point in connectors else student_feat
+def connect(connectors: nn.ModuleDict, key: str, student_feat: Tensor) -> Tensor:
+    """The student's map ``key``, through its connector when it has one."""
+    return connectors[key](student_feat) if key in connectors else student_feat
 
 
-def averaged_point_loss(connectors: nn.ModuleDict, points: Iterable[str], student: Feats,
-                        teacher: Feats, loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """The reference's per-stage average: mean over ``points`` of ``loss(s, t)``, the student's
-    map going through its connector (if any) and the larger map pooled to the other's size."""
+def averaged_stage_loss(method: Method, connectors: nn.ModuleDict, student: Features,
+                        teacher: Features, loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """The reference's per-stage average: mean over the method's requested stages of
+    ``loss(s, t)``, the student's map going through its connector (if any) and the larger map
+    pooled to the other's size."""
+    request = method.requests["student"]
+    keys = [connector_key(method.ctx.student_info, p, request.preact) for p in request.positions]
     losses = []
-    for point in points:
-        s, t = KF.match_spatial_size(connect(connectors, point, student[point]), teacher[point])
-        losses.append(loss(s, t))
+    for key, (s, t) in zip(keys, method.stage_pairs(student, teacher)):
+        losses.append(loss(*KF.match_spatial_size(connect(connectors, key, s), t)))
     return sum(losses) / len(losses)
 
 
 class InitThenCrossEntropy(Method):
     """FSP's and AB's shape: ``init_epochs`` of the method alone, then cross-entropy only (see
-    :func:`init_then_ce_stages`). Subclasses call :meth:`set_init_stage` in ``__init__``."""
-
-    init_epochs: int
-    init_lr: float
-
-    def set_init_stage(self, init_epochs: int, init_lr: float) -> None:
-        check_init_settings(self.name, init_epochs, init_lr)
-        self.init_epochs = init_epochs
-        self.init_lr = init_lr
+    :func:`init_then_ce_stages`). Their ``Params`` have ``init_epochs`` and ``init_lr``."""
 
     def stages(self, main: Stage) -> list[Stage]:
-        return init_then_ce_stages(main, self.name, self.init_epochs, self.init_lr)
+        p = self.params
+        return init_then_ce_stages(main, self.name, p.init_epochs, p.init_lr)  # type: ignore
 
 
 def init_schedule(init_epochs: int, init_lr: float = 0.01) -> Piecewise:

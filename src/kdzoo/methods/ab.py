@@ -2,12 +2,15 @@
 do, in an initialisation stage before ordinary training."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from ._feature_maps import InitThenCrossEntropy, averaged_point_loss, width_connectors
-from .base import MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from ._feature_maps import (InitThenCrossEntropy, check_init_settings, averaged_stage_loss,
+                            width_connectors)
+from .base import MethodContext, MethodParams, Step
 from .registry import register_method
 
 
@@ -34,23 +37,35 @@ class ActivationBoundary(InitThenCrossEntropy):
     Heo et al.'s code and RepDistiller's ``Connector``) maps the student's pre-activation to the
     teacher's width; it is trained in the initialisation stage. Maps of other spatial sizes are
     average-pooled to the smaller one.
+
+    On any network the reference's CIFAR-ResNet stages are the pre-activation outputs of its last
+    three stages, student and teacher aligned from the end, as RepDistiller pairs cross-family
+    networks.
     """
 
     paper = ("Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden "
              "Neurons, Heo et al., AAAI 2019")
     url = "https://arxiv.org/abs/1811.03233"
-    points = ("stage1_pre", "stage2_pre", "stage3_pre")
+    needs = FeatureRequest.last(3, preact=True)
 
-    def __init__(self, ctx: MethodContext, weight: float = 10.0, margin: float = 2.0,
-                 init_epochs: int = 50, init_lr: float = 0.01) -> None:
-        super().__init__(ctx)
-        self.set_init_stage(init_epochs, init_lr)
-        self.weight = weight
-        self.margin = margin
-        self.connectors = width_connectors(ctx, self.points)
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 10.0
+        margin: float = 2.0
+        init_epochs: int = 50
+        init_lr: float = 0.01
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+        def check(self, method: str) -> None:
+            check_init_settings(method, self.init_epochs, self.init_lr)
+
+    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+        super().__init__(ctx, params)
+        self.connectors = width_connectors(ctx, self.requests["student"])
+
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        loss = averaged_point_loss(self.connectors, self.points, student, teacher,
-                                   lambda s, t: KF.activation_boundary(s, t, self.margin))
-        return {"ab": loss * self.weight}
+        margin = self.params.margin
+        loss = averaged_stage_loss(self, self.connectors, student, teacher,
+                                   lambda s, t: KF.activation_boundary(s, t, margin))
+        return {"ab": loss * self.params.weight}

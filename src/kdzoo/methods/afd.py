@@ -1,14 +1,16 @@
 """AFD: attentive feature distillation, the reference zoo's SE-block variant."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as KF
 from ..errors import ConfigError
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodContext, MethodParams, Step, positive
 from ._feature_maps import conv_bn_connector
 from .registry import register_method
 
@@ -55,37 +57,49 @@ class AttentiveFeatureDistillation(Method):
     a Conv1x1 (no bias) + BN connector (kaiming fan_out, BN 1/0, train mode with the student)
     maps the student's map to the teacher's width before the normalisation; with equal widths
     there is no connector, exactly as in the reference.
+
+    On any network the reference's CIFAR-ResNet stages are its last three stages,
+    student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
     """
 
     paper = "Pay Attention to Features, Transfer Learn Faster CNNs, Wang et al., ICLR 2020"
     url = "https://openreview.net/forum?id=ryxyCeHtPB"
-    points = ("stage1", "stage2", "stage3")
+    needs = FeatureRequest.last(3)
 
-    def __init__(self, ctx: MethodContext, weight: float = 500.0, att_f: float = 1.0) -> None:
-        super().__init__(ctx)
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 500.0
+        att_f: float = 1.0
+
+        def check(self, method: str) -> None:
+            positive(method, att_f=self.att_f)
+
+    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+        super().__init__(ctx, params)
         assert ctx.teacher_info is not None
-        self.weight = weight
+        att_f = self.params.att_f
         attentions, connectors = [], []
-        for point in self.points:
-            teacher_ch = ctx.teacher_info[point].channels
-            student_ch = ctx.student_info[point].channels
+        for position in self.requests["student"].positions:
+            teacher_ch = ctx.teacher_info.stages[position].channels
+            student_ch = ctx.student_info.stages[position].channels
             hidden = int(teacher_ch * att_f)
             if hidden < 1:
-                raise ConfigError(f"method afd: att_f={att_f} leaves no hidden channel at "
-                                  f"{point}; use a larger value")
+                raise ConfigError(f"method afd: att_f={att_f} leaves no hidden channel for a "
+                                  f"teacher stage of {teacher_ch} channels; use a larger value")
             attentions.append(ChannelAttention(teacher_ch, hidden))
             connectors.append(nn.Identity() if student_ch == teacher_ch
                               else conv_bn_connector(student_ch, teacher_ch))
         self.attentions = nn.ModuleList(attentions)
         self.connectors = nn.ModuleList(connectors)
 
-    def forward(self, student: Feats | None, teacher: Feats | None,
+    def forward(self, student: Features | None, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:
         assert student is not None and teacher is not None
         losses = []
-        for attention, connector, point in zip(self.attentions, self.connectors, self.points):
-            teacher_map = teacher[point].detach()
+        pairs = self.stage_pairs(student, teacher)
+        for attention, connector, (s, t) in zip(self.attentions, self.connectors, pairs):
+            s, t = KF.match_spatial_size(s, t)  # other resolutions: pool the larger map
+            teacher_map = t.detach()
             rho = attention(teacher_map)
-            losses.append(KF.attention_feature_distillation(connector(student[point]),
-                                                            teacher_map, rho))
-        return {"afd": self.weight * sum(losses) / len(losses)}
+            losses.append(KF.attention_feature_distillation(connector(s), teacher_map, rho))
+        return {"afd": self.params.weight * sum(losses) / len(losses)}

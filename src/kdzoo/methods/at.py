@@ -1,11 +1,12 @@
 """Attention transfer (AT): match the students' spatial attention maps to the teacher's."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -22,20 +23,24 @@ class AttentionTransfer(Method):
 
     Networks of other widths need no connector: the attention map sums over channels. Maps of
     other spatial sizes (other strides) are matched by average-pooling the larger one.
+
+    On any network the reference's CIFAR-ResNet stages are its last three stages,
+    student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
     """
 
     paper = ("Paying More Attention to Attention: Improving the Performance of Convolutional "
              "Neural Networks via Attention Transfer, Zagoruyko & Komodakis, ICLR 2017")
     url = "https://arxiv.org/abs/1612.03928"
-    points = ("stage1", "stage2", "stage3")
+    needs = FeatureRequest.last(3)
 
-    def __init__(self, ctx: MethodContext, weight: float = 1000.0, p: float = 2.0) -> None:
-        super().__init__(ctx)
-        self.weight = weight
-        self.p = p
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 1000.0
+        p: float = 2.0
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        losses = [KF.attention_transfer(*KF.match_spatial_size(student[k], teacher[k]), p=self.p)
-                  for k in self.points]
-        return {"at": sum(losses) / len(losses) * self.weight}
+        losses = [KF.attention_transfer(*KF.match_spatial_size(s, t), p=self.params.p)
+                  for s, t in self.stage_pairs(student, teacher)]
+        return {"at": sum(losses) / len(losses) * self.params.weight}

@@ -1,95 +1,100 @@
 """The interface every distillation method implements.
 
-A method is a small ``nn.Module``. It declares the feature points it needs, owns its trainable
-parts (connectors, embeddings, memory banks), and returns a dict of named, already weighted loss
-terms. It never computes the cross-entropy or runs the teacher: the training loop does both once
-per batch, adds ``ce`` to the method's terms, and steps one optimiser over the student's and the
-method's parameters (found by ``parameters()``: a method cannot forget to register a connector).
+A method is a small ``nn.Module``. It declares
+
+* the networks it uses and their roles (``roles``: a trainable student and a frozen teacher by
+  default; none but the student for the baseline; a trainable peer for mutual learning);
+* what it asks of them (``needs`` / ``teacher_needs``: relative :class:`FeatureRequest`\\ s such
+  as "the last three stages after ReLU" or "the pooled feature"; the engine refuses, in one line
+  and before anything is written, a network that cannot serve them);
+* its hyper-parameters, as a typed dataclass ``Params`` (validated before any data is loaded;
+  the effective values, defaults included, are recorded in the run),
+
+owns its trainable parts (connectors, embeddings, memory banks), and returns a dict of named,
+already weighted loss terms. It never computes the cross-entropy or runs a frozen teacher: the
+loop does both once per batch, adds a cross-entropy term per trainable role, and steps the
+optimisers of the trainable roles (the method's parameters are found by ``parameters()``, so a
+method cannot forget to register a connector).
 
 Methods that need more declare it and the loop provides it, without a branch per method name:
 
 * ``stages()`` -- multi-stage training (FSP/AB initialisation, FT's paraphraser);
 * ``Step.epoch``/``Step.stage`` -- per-epoch schedules (BSS's weight decay);
 * ``Step.batch.indices`` -- dataset indices (CRD's memory bank);
-* ``Step.student``/``Step.teacher`` -- the networks themselves (BSS attacks the teacher);
+* ``Step.student``/``Step.teacher``/``Step.networks`` -- the networks themselves (BSS attacks
+  the teacher);
 * ``needs_input_grad`` -- input images that require grad (Sobolev, LwM);
 * ``Step.generator(name)`` -- random numbers that depend only on (seed, stage, epoch, step), so
   a resumed run draws exactly what the uninterrupted run drew.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
 
-import torch
 from torch import Tensor, nn
 
-from ..models.features import FeatureInfo, Feats
-from ..seeding import derive_seed
+from ..config import check_value
+from ..core import STUDENT, TEACHER, Role, Stage, Step
+from ..errors import ConfigError
+from ..models.features import FeatureInfo, FeatureRequest, Features
+from ..registry import did_you_mean
 
-if TYPE_CHECKING:
-    from ..data.loader import Batch
-    from ..engine.schedule import LRSchedule
+
+@dataclass
+class MethodParams:
+    """Base class of a method's hyper-parameters: a dataclass whose fields are the
+    hyper-parameters, typed, with the method's defaults. ``check`` raises a one-line
+    :class:`ConfigError` for values out of range (types are checked from the annotations)."""
+
+    def check(self, method: str) -> None:
+        """Refuse values out of range; called once the types are checked."""
+
+    @classmethod
+    def build(cls, method: str, values: dict[str, Any]) -> "MethodParams":
+        """The defaults updated with ``values``: unknown keys and wrong types are refused."""
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        checked = {}
+        for key, value in values.items():
+            if key not in names:
+                known = ", ".join(names) or "none"
+                raise ConfigError(f"method {method} has no hyper-parameter '{key}'"
+                                  f"{did_you_mean(key, names)}; its hyper-parameters: {known}")
+            checked[key] = check_value(key, value, hints[key],
+                                       what=f"method {method} hyper-parameter")
+        params = cls(**checked)
+        params.check(method)
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def positive(method: str, **values: float) -> None:
+    """One line for the first of ``values`` that is not positive."""
+    for key, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"method {method}: {key} must be positive, got {value}")
 
 
 @dataclass
 class MethodContext:
-    """What a method may know when it is built: the feature points of both networks and the
-    training data's shape. Connectors are sized from this metadata, never from a dummy forward."""
+    """What a method may know when it is built: the feature metadata of its networks
+    (``student_info``, ``teacher_info``, and every role in ``infos``) and the training data's
+    shape. Connectors are sized from this metadata, never from a dummy forward."""
 
-    student_info: dict[str, FeatureInfo]
-    teacher_info: dict[str, FeatureInfo] | None
+    student_info: FeatureInfo
+    teacher_info: FeatureInfo | None
     num_classes: int
     image_size: int
     in_chans: int
     train_labels: Tensor  # (N,) labels of the training split, e.g. for CRD's negatives
     data_name: str = ""   # the dataset's registry name (FT's BatchNorm rule depends on it)
     seed: int = 0
-
-
-@dataclass
-class Stage:
-    """One training stage, run by the one loop.
-
-    ``ce_weight`` and ``method_weight`` multiply the cross-entropy and the method's terms (a term
-    whose multiplier is 0 is not computed, except the cross-entropy, which stays in the graph so
-    the classifier still receives zero gradients and weight decay, as in the reference).
-    Stages that name the same ``optimizer`` share one optimiser object, momentum buffers
-    included; ``optimizer_settings`` overrides lr/momentum/nesterov/weight_decay for a new one.
-    ``trainable`` picks the parameters: "student+method" (default) or "method". A stage with
-    ``uses_student=False`` (FT's paraphraser pre-training) does not run the student at all, so
-    the student's BatchNorm statistics stay untouched; the method then gets ``student=None``.
-    """
-
-    name: str
-    epochs: int
-    schedule: "LRSchedule | None" = None  # None: the run's main schedule
-    ce_weight: float = 1.0
-    method_weight: float = 1.0
-    optimizer: str = "main"
-    optimizer_settings: dict[str, Any] = field(default_factory=dict)
-    trainable: str = "student+method"
-    evaluate: bool = True
-    uses_student: bool = True
-
-
-@dataclass
-class Step:
-    """What the loop hands a method for one training batch."""
-
-    batch: "Batch"
-    stage: Stage
-    epoch: int  # 1-based, within the stage
-    step: int   # 0-based, within the epoch
-    student: nn.Module
-    teacher: nn.Module | None
-    seed: int = 0
-
-    def generator(self, name: str, device: torch.device | str = "cpu") -> torch.Generator:
-        """A generator seeded from (run seed, name, stage, epoch, step)."""
-        gen = torch.Generator(device=device)
-        gen.manual_seed(derive_seed(self.seed, name, self.stage.name, self.epoch, self.step))
-        return gen
+    infos: dict[str, FeatureInfo] = dataclasses.field(default_factory=dict)
 
 
 class Method(nn.Module):
@@ -98,40 +103,60 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""    # "Title", Authors, Venue Year
     url: ClassVar[str] = ""
-    #: feature points asked of student and teacher; the logits always come with them
-    points: ClassVar[tuple[str, ...]] = ()
-    #: points asked of the teacher when they differ from ``points``
-    teacher_points: ClassVar[tuple[str, ...] | None] = None
-    needs_teacher: ClassVar[bool] = True
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    #: the networks this method uses, with their roles
+    roles: ClassVar[tuple[Role, ...]] = (STUDENT, TEACHER)
+    #: features asked of the student and, unless ``teacher_needs`` says otherwise, of every
+    #: other role (the logits always come with them)
+    needs: ClassVar[FeatureRequest] = FeatureRequest()
+    teacher_needs: ClassVar[FeatureRequest | None] = None
     #: the input images require grad and the teacher runs with autograd (Sobolev, LwM)
     needs_input_grad: ClassVar[bool] = False
-    #: the "teacher" is a peer trained together with the student (deep mutual learning): it is
-    #: not frozen, trains in train mode with its own optimiser ("peer", same settings and
-    #: schedule), gets its own cross-entropy term ``peer_ce``, and is evaluated and exported
-    trains_teacher: ClassVar[bool] = False
     #: False for methods that run the teacher themselves (BSS attacks it): its outputs for the
     #: training views are then not all the method needs
     teacher_cacheable: ClassVar[bool] = True
 
-    def __init__(self, ctx: MethodContext) -> None:
+    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
         super().__init__()
         self.ctx = ctx
+        self.params = params if params is not None else self.Params()
+        infos = {"student": ctx.student_info, **ctx.infos}
+        if ctx.teacher_info is not None:
+            infos.setdefault("teacher", ctx.teacher_info)
+        self.requests = self.feature_requests(self.params, infos)
+
+    # ---------------------------------------------------------------------- declarations
+    @classmethod
+    def frozen_roles(cls) -> tuple[Role, ...]:
+        return tuple(r for r in cls.roles if not r.trainable)
 
     @classmethod
-    def required_teacher_points(cls) -> tuple[str, ...]:
-        points = cls.points if cls.teacher_points is None else cls.teacher_points
-        return tuple(dict.fromkeys((*points, "logits")))
+    def trainable_roles(cls) -> tuple[Role, ...]:
+        return tuple(r for r in cls.roles if r.trainable)
+
+    @classmethod
+    def feature_requests(cls, params: MethodParams,
+                         infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+        """The resolved request of every role ("all" stages become the positions every network
+        has, aligned from the end). Override when the request depends on ``params``."""
+        resolved = {}
+        for role in cls.roles:
+            request = cls.needs if role.name == "student" or cls.teacher_needs is None \
+                else cls.teacher_needs
+            resolved[role.name] = request.resolve(*(infos.get(r.name) for r in cls.roles))
+        return resolved
 
     @classmethod
     def can_use_teacher_cache(cls) -> bool:
-        """Whether the teacher's logits on each training view are all this method needs."""
-        return (cls.needs_teacher and cls.teacher_cacheable and not cls.needs_input_grad
-                and not cls.trains_teacher and cls.required_teacher_points() == ("logits",))
+        """Whether the frozen teacher's logits on each training view are all this method needs
+        (then they can come from the on-disk teacher cache)."""
+        frozen = cls.frozen_roles()
+        if len(frozen) != 1 or not cls.teacher_cacheable or cls.needs_input_grad:
+            return False
+        request = cls.teacher_needs or cls.needs
+        return request == FeatureRequest()
 
-    @classmethod
-    def required_student_points(cls) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*cls.points, "logits")))
-
+    # --------------------------------------------------------------------------- the run
     def stages(self, main: Stage) -> list[Stage]:
         """The stages to run; ``main`` is the run's configured schedule. Default: just it."""
         return [main]
@@ -139,11 +164,19 @@ class Method(nn.Module):
     def end_stage(self, stage: Stage) -> None:
         """Called after a stage's last epoch (e.g. to freeze a pre-trained part)."""
 
-    def forward(self, student: Feats | None, teacher: Feats | None,
+    def forward(self, student: Features | None, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:
         """Named, weighted loss terms for one batch (the cross-entropy is added by the loop).
-        ``student`` is None only in stages with ``uses_student=False``."""
+        ``student`` is None only in stages with ``uses_student=False``; ``teacher`` is the
+        features of the "teacher" role (None when the method has none)."""
         raise NotImplementedError
+
+    def stage_pairs(self, student: Features, teacher: Features,
+                    role: str = "teacher") -> list[tuple[Tensor, Tensor]]:
+        """(student map, ``role``'s map) for every requested stage, aligned from the end."""
+        mine, theirs = self.requests["student"], self.requests[role]
+        return list(zip(student.maps(mine.positions, mine.preact),
+                        teacher.maps(theirs.positions, theirs.preact)))
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)

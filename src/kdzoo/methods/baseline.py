@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..core import STUDENT
+from ..models.features import Features
+from .base import Method, Step
 from .registry import register_method
 
 
@@ -15,10 +16,8 @@ class Baseline(Method):
 
     paper = "Deep Residual Learning for Image Recognition, He et al., CVPR 2016 (no teacher)"
     url = "https://arxiv.org/abs/1512.03385"
-    needs_teacher = False
+    roles = (STUDENT,)
 
-    def __init__(self, ctx: MethodContext) -> None:
-        super().__init__(ctx)
-
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features | None, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         return {}

@@ -1,13 +1,15 @@
 """BSS: distillation on adversarial samples that support the teacher's decision boundary."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -141,35 +143,35 @@ class BoundarySupportingSamples(Method):
     # it attacks and re-runs the teacher itself: cached clean-view logits are not all it needs
     teacher_cacheable = False
 
-    def __init__(self, ctx: MethodContext, weight: float = 2.0, temperature: float = 3.0,
-                 squared_temperature: bool = False, attack_size: int = 32,
-                 step_alpha: float = 0.3, num_steps: int = 10, eps: float = 1e-4,
-                 clamp: float = 2.5, warmup_epochs: int = 10, decay: float = 1.25) -> None:
-        super().__init__(ctx)
-        self.weight = weight
-        self.temperature = temperature
-        self.squared_temperature = squared_temperature
-        self.attack_size = attack_size
-        self.step_alpha = step_alpha
-        self.num_steps = num_steps
-        self.eps = eps
-        self.clamp = clamp
-        self.warmup_epochs = warmup_epochs
-        self.decay = decay
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 2.0
+        temperature: float = 3.0
+        squared_temperature: bool = False
+        attack_size: int = 32
+        step_alpha: float = 0.3
+        num_steps: int = 10
+        eps: float = 1e-4
+        clamp: float = 2.5
+        warmup_epochs: int = 10
+        decay: float = 1.25
 
     def epoch_weight(self, epoch: int, epochs: int) -> float:
-        return bss_epoch_weight(self.weight, epoch, epochs, self.warmup_epochs, self.decay)
+        p = self.params
+        return bss_epoch_weight(p.weight, epoch, epochs, p.warmup_epochs, p.decay)
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
-        assert teacher is not None and step.teacher is not None
-        s_logits = _at_least_float32(student["logits"].detach())
-        t_logits = _at_least_float32(teacher["logits"].detach())
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
+        assert teacher is not None and step.teacher is not None and step.student is not None
+        p = self.params
+        s_logits = _at_least_float32(student.logits.detach())
+        t_logits = _at_least_float32(teacher.logits.detach())
         zero = s_logits.new_zeros(())
         lam = self.epoch_weight(step.epoch, step.stage.epochs)
         if lam <= 0:
             return {"bss": zero}
         labels = step.batch.labels
-        index = select_candidates(s_logits, t_logits, labels, self.attack_size)
+        index = select_candidates(s_logits, t_logits, labels, p.attack_size)
         if index.numel() == 0:
             return {"bss": zero}
         gen = step.generator("bss", s_logits.device)
@@ -177,10 +179,10 @@ class BoundarySupportingSamples(Method):
                              dtype=t_logits.dtype)
         attack_class = sample_attack_class(t_logits[index], uniform)
         adv = boundary_attack(step.teacher, step.batch.images[index], labels[index], attack_class,
-                              self.step_alpha, self.num_steps, self.eps, self.clamp)
+                              p.step_alpha, p.num_steps, p.eps, p.clamp)
         adv_student = step.student(adv)
         with torch.no_grad():
             adv_teacher = step.teacher(adv)
-        loss = KF.boundary_supporting_kl(adv_student, adv_teacher, self.temperature,
-                                         self.squared_temperature)
+        loss = KF.boundary_supporting_kl(adv_student, adv_teacher, p.temperature,
+                                         p.squared_temperature)
         return {"bss": lam * loss}

@@ -1,11 +1,12 @@
 """Correlation congruence (CC): match the batch's Gaussian-RBF correlation matrices."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -25,17 +26,17 @@ class CorrelationCongruence(Method):
 
     paper = "Correlation Congruence for Knowledge Distillation, Peng et al., ICCV 2019"
     url = "https://arxiv.org/abs/1904.01802"
-    points = ("pool",)
+    needs = FeatureRequest(pool=True)
 
-    def __init__(self, ctx: MethodContext, weight: float = 100.0, gamma: float = 0.4,
-                 order: int = 2) -> None:
-        super().__init__(ctx)
-        self.weight = weight
-        self.gamma = gamma
-        self.order = order
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 100.0
+        gamma: float = 0.4
+        order: int = 2
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        loss = KF.correlation_congruence(student["pool"], teacher["pool"], self.gamma,
-                                         self.order)
-        return {"cc": self.weight * loss}
+        loss = KF.correlation_congruence(student.pool, teacher.pool, self.params.gamma,
+                                         self.params.order)
+        return {"cc": self.params.weight * loss}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -9,8 +11,8 @@ from torch import Tensor, nn
 
 from .. import functional as KF
 from ..errors import ConfigError
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodContext, MethodParams, Step
 from .registry import register_method
 
 #: ``torch.randint`` bound for uniform integers reduced modulo a pool size: the modulo bias
@@ -71,31 +73,39 @@ class ContrastiveRepresentationDistillation(Method):
 
     paper = "Contrastive Representation Distillation, Tian, Krishnan & Isola, ICLR 2020"
     url = "https://arxiv.org/abs/1910.10699"
-    points = ("pool",)
+    needs = FeatureRequest(pool=True)
 
     memory_t: Tensor
     memory_s: Tensor
     z_t: Tensor
     z_s: Tensor
 
-    def __init__(self, ctx: MethodContext, weight: float = 0.2, feat_dim: int = 128,
-                 nce_k: int = 16384, nce_t: float = 0.1, nce_mom: float = 0.5,
-                 mode: str = "exact") -> None:
-        super().__init__(ctx)
-        if mode not in ("exact", "relax"):
-            raise ConfigError(f"crd mode must be 'exact' or 'relax', got '{mode}'")
-        if nce_k < 1 or feat_dim < 1 or nce_t <= 0:
-            raise ConfigError("crd needs nce_k >= 1, feat_dim >= 1 and nce_t > 0")
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 0.2
+        feat_dim: int = 128
+        nce_k: int = 16384
+        nce_t: float = 0.1
+        nce_mom: float = 0.5
+        mode: Literal["exact", "relax"] = "exact"
+
+        def check(self, method: str) -> None:
+            if self.nce_k < 1 or self.feat_dim < 1 or self.nce_t <= 0:
+                raise ConfigError("crd needs nce_k >= 1, feat_dim >= 1 and nce_t > 0")
+
+    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+        super().__init__(ctx, params)
         assert ctx.teacher_info is not None, "crd needs a teacher"
-        self.weight = weight
-        self.nce_k = nce_k
-        self.nce_t = nce_t
-        self.nce_mom = nce_mom
-        self.mode = mode
+        p = self.params
+        self.nce_k = p.nce_k
+        self.nce_t = p.nce_t
+        self.nce_mom = p.nce_mom
+        self.mode = p.mode
+        feat_dim = p.feat_dim
         # Created in the reference's order (embed_s, embed_t, memory_t, memory_s), so the same
         # seed gives the same initial values.
-        self.embed_s = Embed(ctx.student_info["pool"].channels, feat_dim)
-        self.embed_t = Embed(ctx.teacher_info["pool"].channels, feat_dim)
+        self.embed_s = Embed(ctx.student_info.pool, feat_dim)
+        self.embed_t = Embed(ctx.teacher_info.pool, feat_dim)
         labels = ctx.train_labels.detach().to("cpu", torch.long).flatten()
         self.num_data = int(labels.numel())
         stdv = 1.0 / math.sqrt(feat_dim / 3)
@@ -168,10 +178,11 @@ class ContrastiveRepresentationDistillation(Method):
         return torch.cat([positive.unsqueeze(1), self.class_sorted[ranks]], dim=1)
 
     # ------------------------------------------------------------------------------- forward
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        embedded_s = self.embed_s(student["pool"])
-        embedded_t = self.embed_t(teacher["pool"])  # no_grad features, but embed_t learns
+        embedded_s = self.embed_s(student.pool)
+        embedded_t = self.embed_t(teacher.pool)  # no_grad features, but embed_t learns
         indices = step.batch.indices.to(device=self.memory_s.device, dtype=torch.long)
         sample = self.sample_indices(indices, step.generator("crd", self.memory_s.device))
         # Teacher as anchor against the student bank, and the student against the teacher bank.
@@ -182,7 +193,7 @@ class ContrastiveRepresentationDistillation(Method):
         self._update_memory(indices, embedded_t, embedded_s)
         loss = KF.contrastive_nce_loss(scores_s, self.num_data) + \
             KF.contrastive_nce_loss(scores_t, self.num_data)
-        return {"crd": self.weight * loss}
+        return {"crd": self.params.weight * loss}
 
     @torch.no_grad()
     def _normalizer(self, name: str, scores: Tensor) -> Tensor:

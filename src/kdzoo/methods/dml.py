@@ -1,11 +1,14 @@
 """Deep mutual learning: two networks trained together, each distilling from the other."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..core import STUDENT, Role
+from ..models.features import Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -13,10 +16,11 @@ from .registry import register_method
 class DeepMutualLearning(Method):
     """Deep mutual learning: "Deep Mutual Learning", Zhang, Xiang, Hospedales & Lu, CVPR 2018.
 
-    The "teacher" is a peer trained alongside the student (``trains_teacher``): the loop runs it
-    in train mode with autograd, gives it its own cross-entropy ``peer_ce`` and its own SGD
-    optimiser ("peer", same settings and schedule), evaluates it every epoch (``peer_test_*``)
-    and exports it as ``peer.pt``. This method adds the two mutual terms
+    The method's second network is a trainable peer (role "peer", named by ``--teacher``): like
+    every trainable role, the loop runs it in train mode inside the step, gives it its own
+    cross-entropy ``peer_ce`` and its own SGD optimiser ("peer", same settings and schedule),
+    evaluates it every epoch (``peer_test_*``) and exports it as ``peer.pt``; no engine code
+    knows about mutual learning. This method adds the two mutual terms
 
         dml      = weight * KL(p_peer || p_student)   (peer detached)
         peer_dml = weight * KL(p_student || p_peer)   (student detached)
@@ -35,16 +39,18 @@ class DeepMutualLearning(Method):
 
     paper = "Deep Mutual Learning, Zhang et al., CVPR 2018"
     url = "https://arxiv.org/abs/1706.00384"
-    trains_teacher = True
+    # the peer is named by the config's teacher section (--teacher NET1 --student NET2)
+    roles = (STUDENT, Role("peer", trainable=True, source="teacher"))
 
-    def __init__(self, ctx: MethodContext, weight: float = 1.0) -> None:
-        super().__init__(ctx)
-        self.weight = weight
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 1.0
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s_logits, p_logits = student["logits"], teacher["logits"]
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
+        s_logits, p_logits = student.logits, step.features["peer"].logits
+        weight = self.params.weight
         return {
-            "dml": self.weight * KF.mutual_learning(s_logits, p_logits.detach()),
-            "peer_dml": self.weight * KF.mutual_learning(p_logits, s_logits.detach()),
+            "dml": weight * KF.mutual_learning(s_logits, p_logits.detach()),
+            "peer_dml": weight * KF.mutual_learning(p_logits, s_logits.detach()),
         }

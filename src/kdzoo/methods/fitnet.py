@@ -1,12 +1,14 @@
 """FitNets: regress the teacher's last-stage feature map (one stage, as the reference zoo)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from ._feature_maps import averaged_point_loss, width_connectors
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from ._feature_maps import averaged_stage_loss, width_connectors
+from .base import Method, MethodContext, MethodParams, Step
 from .registry import register_method
 
 
@@ -26,18 +28,25 @@ class FitNet(Method):
     connector style, without ReLU) maps the student's map to the teacher's width, trained with the
     student; equal widths keep the reference's exact behaviour. Maps of other spatial sizes are
     average-pooled to the smaller one.
+
+    On any network the reference's CIFAR-ResNet stages are its last stage,
+    student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
     """
 
     paper = "FitNets: Hints for Thin Deep Nets, Romero et al., ICLR 2015"
     url = "https://arxiv.org/abs/1412.6550"
-    points = ("stage3",)
+    needs = FeatureRequest.last(1)
 
-    def __init__(self, ctx: MethodContext, weight: float = 0.1) -> None:
-        super().__init__(ctx)
-        self.weight = weight
-        self.connectors = width_connectors(ctx, self.points)
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 0.1
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+        super().__init__(ctx, params)
+        self.connectors = width_connectors(ctx, self.requests["student"])
+
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        loss = averaged_point_loss(self.connectors, self.points, student, teacher, KF.hint)
-        return {"fitnet": loss * self.weight}
+        loss = averaged_stage_loss(self, self.connectors, student, teacher, KF.hint)
+        return {"fitnet": loss * self.params.weight}

@@ -2,12 +2,15 @@
 initialisation stage before ordinary training."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from ._feature_maps import InitThenCrossEntropy, connect, width_connectors
-from .base import MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from ._feature_maps import (InitThenCrossEntropy, check_init_settings, connect, connector_key,
+                            width_connectors)
+from .base import MethodContext, MethodParams, Step
 from .registry import register_method
 
 
@@ -34,24 +37,39 @@ class FlowOfSolutionProcedure(InitThenCrossEntropy):
     student's map to the teacher's width before its FSP matrices are formed (one connector per
     point, shared by the two pairs it belongs to); it is trained in the initialisation stage with
     the student. Points of equal width keep the reference's exact behaviour.
+
+    On any network the reference's CIFAR-ResNet stages are its stem and the last three stages,
+    student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
     """
 
     paper = ("A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and "
              "Transfer Learning, Yim et al., CVPR 2017")
     url = ("https://openaccess.thecvf.com/content_cvpr_2017/html/"
            "Yim_A_Gift_From_CVPR_2017_paper.html")
-    points = ("stem", "stage1", "stage2", "stage3")
-    pairs = (("stem", "stage1"), ("stage1", "stage2"), ("stage2", "stage3"))
+    needs = FeatureRequest.last(3, stem=True)
 
-    def __init__(self, ctx: MethodContext, weight: float = 1.0, init_epochs: int = 50,
-                 init_lr: float = 0.01) -> None:
-        super().__init__(ctx)
-        self.set_init_stage(init_epochs, init_lr)
-        self.weight = weight
-        self.connectors = width_connectors(ctx, self.points)
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 1.0
+        init_epochs: int = 50
+        init_lr: float = 0.01
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        mapped = {k: connect(self.connectors, k, student[k]) for k in self.points}
-        losses = [KF.fsp(mapped[a], mapped[b], teacher[a], teacher[b]) for a, b in self.pairs]
-        return {"fsp": sum(losses) / len(losses) * self.weight}
+        def check(self, method: str) -> None:
+            check_init_settings(method, self.init_epochs, self.init_lr)
+
+    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+        super().__init__(ctx, params)
+        self.connectors = width_connectors(ctx, self.requests["student"], stem=True)
+
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
+        assert teacher is not None and student.stem is not None and teacher.stem is not None
+        positions = self.requests["student"].positions
+        keys = ["stem"] + [connector_key(self.ctx.student_info, p) for p in positions]
+        s_maps = [student.stem, *student.maps(positions)]
+        t_maps = [teacher.stem, *teacher.maps(self.requests["teacher"].positions)]
+        mapped = [connect(self.connectors, k, m) for k, m in zip(keys, s_maps)]
+        # consecutive pairs: (stem, first stage), (first, second), (second, third)
+        losses = [KF.fsp(mapped[i], mapped[i + 1], t_maps[i], t_maps[i + 1])
+                  for i in range(len(mapped) - 1)]
+        return {"fsp": sum(losses) / len(losses) * self.params.weight}

@@ -1,18 +1,21 @@
 """FT: factor transfer through a pre-trained paraphraser and a trained translator."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as KF
-from ..engine.schedule import MultiStep
+from ..core import MultiStep, Stage
 from ..errors import ConfigError
-from ..models.features import Feats
-from .base import Method, MethodContext, Stage, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodContext, MethodParams, Step, positive
 from .registry import register_method
 
-BATCHNORM_RULES = ("reference", "cifar10-only", "always", "never")
+BatchNormRule = Literal["reference", "cifar10-only", "always", "never"]
 #: the datasets on which the reference's ``use_bn = (data_name == 'cifar10')`` is False
 NO_BATCHNORM_IN_REFERENCE = ("cifar100",)
 
@@ -121,37 +124,44 @@ class FactorTransfer(Method):
     expression literally (no BN on any dataset but cifar10); "always" / "never" force it (see
     :func:`uses_batchnorm`). Convolutions have a bias exactly when there is no BN. The decoder's
     transposed convolutions keep PyTorch's default init, as in the reference.
+
+    On any network the reference's CIFAR-ResNet stages are its last stage,
+    student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
     """
 
     paper = ("Paraphrasing Complex Network: Network Compression via Factor Transfer, "
              "Kim et al., NeurIPS 2018")
     url = "https://arxiv.org/abs/1802.04977"
-    points = ("stage3",)
+    needs = FeatureRequest.last(1)
 
-    def __init__(self, ctx: MethodContext, weight: float = 200.0, k: float = 0.5,
-                 paraphraser_epochs: int = 30, paraphraser_lr: float = 0.01,
-                 use_bn: str = "reference") -> None:
-        super().__init__(ctx)
-        if use_bn not in BATCHNORM_RULES:
-            raise ConfigError(f"method ft: use_bn must be one of {', '.join(BATCHNORM_RULES)}, "
-                              f"got '{use_bn}'")
-        if paraphraser_epochs < 1:
-            raise ConfigError("method ft: paraphraser_epochs must be at least 1 (the paraphraser "
-                              f"is trained before distilling), got {paraphraser_epochs}")
-        if not paraphraser_lr > 0:
-            raise ConfigError(f"method ft: paraphraser_lr must be positive, got {paraphraser_lr}")
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 200.0
+        k: float = 0.5
+        paraphraser_epochs: int = 30
+        paraphraser_lr: float = 0.01
+        use_bn: BatchNormRule = "reference"
+
+        def check(self, method: str) -> None:
+            if self.paraphraser_epochs < 1:
+                raise ConfigError("method ft: paraphraser_epochs must be at least 1 (the "
+                                  "paraphraser is trained before distilling), got "
+                                  f"{self.paraphraser_epochs}")
+            positive(method, paraphraser_lr=self.paraphraser_lr, k=self.k)
+
+    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+        super().__init__(ctx, params)
         assert ctx.teacher_info is not None
-        teacher_ch = ctx.teacher_info["stage3"].channels
-        factor_ch = int(teacher_ch * k)
+        p = self.params
+        teacher_ch = ctx.teacher_info.stages[-1].channels
+        factor_ch = int(teacher_ch * p.k)
         if factor_ch < 1:
-            raise ConfigError(f"method ft: k={k} leaves no factor channel for a teacher with "
+            raise ConfigError(f"method ft: k={p.k} leaves no factor channel for a teacher with "
                               f"{teacher_ch} channels; use a larger k")
-        self.weight = weight
-        self.paraphraser_epochs = paraphraser_epochs
-        self.paraphraser_lr = paraphraser_lr
-        self.use_bn = uses_batchnorm(use_bn, ctx.data_name)
+        self.use_bn = uses_batchnorm(p.use_bn, ctx.data_name)
         self.paraphraser = Paraphraser(teacher_ch, factor_ch, self.use_bn)
-        self.translator = Translator(ctx.student_info["stage3"].channels, factor_ch, self.use_bn)
+        self.translator = Translator(ctx.student_info.stages[-1].channels, factor_ch,
+                                     self.use_bn)
         # Only the paraphraser trains in the first stage (its optimiser takes the method's
         # trainable parameters); the translator joins the student's optimiser afterwards.
         self.translator.requires_grad_(False)
@@ -161,9 +171,9 @@ class FactorTransfer(Method):
         return not any(p.requires_grad for p in self.paraphraser.parameters())
 
     def stages(self, main: Stage) -> list[Stage]:
-        lr = self.paraphraser_lr
+        lr = self.params.paraphraser_lr
         pretrain = Stage(
-            "paraphraser", self.paraphraser_epochs, MultiStep(lr, ()),  # constant lr
+            "paraphraser", self.params.paraphraser_epochs, MultiStep(lr, ()),  # constant lr
             optimizer="paraphraser",
             optimizer_settings={"lr": lr, "momentum": 0.9, "weight_decay": 1e-4,
                                 "nesterov": False},
@@ -185,15 +195,18 @@ class FactorTransfer(Method):
             self.paraphraser.eval()
         return self
 
-    def forward(self, student: Feats | None, teacher: Feats | None,
+    def forward(self, student: Features | None, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        teacher_map = teacher["stage3"]
+        teacher_map = teacher.stages[-1]
+        assert teacher_map is not None
         if step.stage.name == "paraphraser":
             _, reconstruction = self.paraphraser(teacher_map)
             return {"reconstruction": F.mse_loss(reconstruction, teacher_map)}
-        assert student is not None
+        assert student is not None and student.stages[-1] is not None
         with torch.no_grad():  # the frozen paraphraser's factor is a fixed target
             teacher_factor = self.paraphraser.encoder(teacher_map)
-        student_factor = self.translator(student["stage3"])
-        return {"ft": self.weight * KF.factor_transfer(student_factor, teacher_factor)}
+        student_factor = self.translator(student.stages[-1])
+        # Networks of other resolutions: the larger factor is pooled to the smaller's size.
+        student_factor, teacher_factor = KF.match_spatial_size(student_factor, teacher_factor)
+        return {"ft": self.params.weight * KF.factor_transfer(student_factor, teacher_factor)}

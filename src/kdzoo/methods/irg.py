@@ -1,11 +1,13 @@
 """Instance relationship graph (IRG): match vertices, edges and transformations of the batch."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -27,30 +29,34 @@ class InstanceRelationGraph(Method):
     assumption holds. Every term compares logits, B x B matrices or per-sample scalars, so
     student and teacher may have other widths without a connector. The three parts are logged
     as ``irg_vertex``, ``irg_edge`` and ``irg_transformation``; their sum is the reference loss.
+
+    On any network the reference's CIFAR-ResNet stages are its last two stages (with the pooled
+    feature), student and teacher aligned from the end, as RepDistiller pairs cross-family
+    networks.
     """
 
     paper = ("Knowledge Distillation via Instance Relationship Graph, Liu et al., CVPR 2019")
     url = ("http://openaccess.thecvf.com/content_CVPR_2019/papers/Liu_Knowledge_Distillation_via_"
            "Instance_Relationship_Graph_CVPR_2019_paper.pdf")
-    points = ("stage2", "stage3", "pool", "logits")
+    needs = FeatureRequest.last(2, pool=True)
 
-    def __init__(self, ctx: MethodContext, weight: float = 1.0, w_vert: float = 0.1,
-                 w_edge: float = 5.0, w_tran: float = 5.0) -> None:
-        super().__init__(ctx)
-        self.weight = weight
-        self.w_vert = w_vert
-        self.w_edge = w_edge
-        self.w_tran = w_tran
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 1.0
+        w_vert: float = 0.1
+        w_edge: float = 5.0
+        w_tran: float = 5.0
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        s, t = student, teacher
-        edge = (KF.irg_edge(s["pool"], t["pool"]) + KF.irg_edge(s["stage2"], t["stage2"])
-                + KF.irg_edge(s["stage3"], t["stage3"])) / 3.0
-        transformation = KF.irg_transformation(s["stage2"], s["stage3"], t["stage2"],
-                                               t["stage3"])
+        p = self.params
+        (s_mid, t_mid), (s_last, t_last) = self.stage_pairs(student, teacher)
+        edge = (KF.irg_edge(student.pool, teacher.pool) + KF.irg_edge(s_mid, t_mid)
+                + KF.irg_edge(s_last, t_last)) / 3.0
+        transformation = KF.irg_transformation(s_mid, s_last, t_mid, t_last)
         return {
-            "irg_vertex": self.weight * self.w_vert * KF.irg_vertex(s["logits"], t["logits"]),
-            "irg_edge": self.weight * self.w_edge * edge,
-            "irg_transformation": self.weight * self.w_tran * transformation,
+            "irg_vertex": p.weight * p.w_vert * KF.irg_vertex(student.logits, teacher.logits),
+            "irg_edge": p.weight * p.w_edge * edge,
+            "irg_transformation": p.weight * p.w_tran * transformation,
         }

@@ -1,11 +1,12 @@
 """Logit regression: Ba & Caruana's mimic learning."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -23,10 +24,11 @@ class LogitRegression(Method):
     paper = "Do Deep Nets Really Need to be Deep?, Ba & Caruana, NIPS 2014"
     url = "https://arxiv.org/abs/1312.6184"
 
-    def __init__(self, ctx: MethodContext, weight: float = 0.1) -> None:
-        super().__init__(ctx)
-        self.weight = weight
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 0.1
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        return {"logits": self.weight * KF.logits_mse(student["logits"], teacher["logits"])}
+        return {"logits": self.params.weight * KF.logits_mse(student.logits, teacher.logits)}

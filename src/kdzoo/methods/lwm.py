@@ -1,12 +1,14 @@
 """LwM: distilling Grad-CAM attention maps of the middle stage."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
+from ..models.features import FeatureRequest, Features
 from ._input_grad import true_class_grad
-from .base import Method, MethodContext, Step
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -26,29 +28,37 @@ class LearningWithoutMemorizing(Method):
     The reference's map is gradient x gradient (seed-zoo quirk 6b.6, the default here);
     ``grad_cam=True`` uses the paper's Grad-CAM, GAP(g)-weighted activations sum_c GAP(g)_c * A_c.
     The maps are summed over channels, so teacher and student may differ in width without a
-    connector; they must have the same spatial size. The images require grad (as in the
-    reference) because the frozen teacher's feature map has no graph otherwise.
+    connector; where their spatial sizes differ (other architectures), the larger map and its
+    gradient are average-pooled to the smaller size first (the reference has equal sizes only).
+    The images require grad (as in the reference) because the frozen teacher's feature map has
+    no graph otherwise. The map is the middle stage of a three-stage network: the second-to-last
+    stage of any network.
     """
 
     paper = "Learning without Memorizing, Dhar et al., CVPR 2019"
     url = "https://arxiv.org/abs/1811.08051"
-    points = ("stage2",)
+    needs = FeatureRequest(stages=(-2,))  # the middle stage of a three-stage network
     needs_input_grad = True
 
-    def __init__(self, ctx: MethodContext, weight: float = 0.4, grad_cam: bool = False) -> None:
-        super().__init__(ctx)
-        self.weight = weight
-        self.grad_cam = grad_cam
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 0.4
+        grad_cam: bool = False
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        labels = step.batch.labels
-        s_map, t_map = student["stage2"], teacher["stage2"]
-        student_grad = true_class_grad(student["logits"], labels, s_map, create_graph=True)
-        teacher_grad = true_class_grad(teacher["logits"], labels, t_map, create_graph=False)
+        labels, grad_cam = step.batch.labels, self.params.grad_cam
+        ((s_map, t_map),) = self.stage_pairs(student, teacher)
+        student_grad = true_class_grad(student.logits, labels, s_map, create_graph=True)
+        teacher_grad = true_class_grad(teacher.logits, labels, t_map, create_graph=False)
+        # Networks of other resolutions: the larger map and its gradient are pooled to the
+        # smaller's size before the attention maps are formed.
+        student_grad, teacher_grad = KF.match_spatial_size(student_grad, teacher_grad)
+        s_map, t_map = KF.match_spatial_size(s_map, t_map)
         loss = KF.lwm_attention_loss(
             student_grad, teacher_grad.detach(),
-            s_map if self.grad_cam else None,
-            t_map.detach() if self.grad_cam else None,
+            s_map if grad_cam else None,
+            t_map.detach() if grad_cam else None,
         )
-        return {"lwm": self.weight * loss}
+        return {"lwm": self.params.weight * loss}

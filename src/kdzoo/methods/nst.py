@@ -1,11 +1,12 @@
 """Neuron selectivity transfer (NST): match the distribution of channel activation patterns."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -24,19 +25,23 @@ class NeuronSelectivityTransfer(Method):
     Networks of other widths need no connector: the MMD compares the set of student channels with
     the set of teacher channels, and the sets may have different sizes (each kernel mean is over
     its own C_a * C_b pairs). Maps of other spatial sizes are average-pooled to the smaller one.
+
+    On any network the reference's CIFAR-ResNet stages are its last stage,
+    student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
     """
 
     paper = ("Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, Huang & Wang, "
              "arXiv 2017")
     url = "https://arxiv.org/abs/1707.01219"
-    points = ("stage3",)
+    needs = FeatureRequest.last(1)
 
-    def __init__(self, ctx: MethodContext, weight: float = 10.0) -> None:
-        super().__init__(ctx)
-        self.weight = weight
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 10.0
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        losses = [KF.neuron_selectivity_transfer(*KF.match_spatial_size(student[k], teacher[k]))
-                  for k in self.points]
-        return {"nst": sum(losses) / len(losses) * self.weight}
+        losses = [KF.neuron_selectivity_transfer(*KF.match_spatial_size(s, t))
+                  for s, t in self.stage_pairs(student, teacher)]
+        return {"nst": sum(losses) / len(losses) * self.params.weight}

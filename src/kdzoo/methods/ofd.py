@@ -1,35 +1,30 @@
 """OFD: a comprehensive overhaul of feature distillation (margin ReLU + partial L2)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import Literal
+
 from torch import Tensor, nn
 
 from .. import functional as KF
-from ..errors import ConfigError
-from ..models.cifar_resnet import CifarResNet
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureInfo, FeatureRequest, Features
+from .base import Method, MethodContext, MethodParams, Step
 from ._feature_maps import conv_bn_connector
 from .registry import register_method
 
-MARGINS = ("batch", "bn")
 
+def teacher_bn_before(teacher: nn.Module, position: int) -> nn.BatchNorm2d:
+    """The BatchNorm before the last ReLU of the teacher's stage at ``position``, as the network
+    names it (RepDistiller's ``get_bn_before_relu``), for the paper's margin.
 
-def teacher_bn_before(teacher: nn.Module, point: str) -> nn.BatchNorm2d:
-    """The BatchNorm whose output feeds ``stageK_pre``, for the paper's margin.
-
-    ``stageK_pre`` is ``bn2(conv2(.)) + shortcut`` of the stage's last block. The official code
-    (clovaai/overhaul-distillation, ``get_bn_before_relu`` of its post-activation ResNets, also
-    used by RepDistiller) takes that block's ``bn2`` and ignores the shortcut; we do the same, so
-    the Gaussian of the margin describes the residual branch only (an approximation the official
-    code makes too). Only the CIFAR ResNets are supported: other architectures place their BN
-    differently.
+    For the post-activation CIFAR ResNets that is the last block's ``bn2``: its output plus the
+    shortcut is the pre-activation map, and the official code (clovaai/overhaul-distillation,
+    also used by RepDistiller) ignores the shortcut, so the Gaussian of the margin describes the
+    residual branch only (an approximation the official code makes too). A network that names
+    no such BatchNorm is refused before the run (the request asks for ``bn_before_relu``).
     """
-    if not isinstance(teacher, CifarResNet):
-        name = getattr(teacher, "model_name", type(teacher).__name__)
-        raise ConfigError(f"method ofd: margin='bn' needs a CIFAR ResNet teacher (its BatchNorm "
-                          f"before {point} is known); {name} is not one: use margin='batch'")
-    index = int(point[len("stage")])
-    return getattr(teacher, f"layer{index}")[-1].bn2
+    name = teacher.feature_info.stages[position].bn_before_relu  # type: ignore[union-attr]
+    return teacher.get_submodule(name)
 
 
 @register_method("ofd")
@@ -53,39 +48,55 @@ class OverhaulFeatureDistillation(Method):
     Reference vs paper/official code, kept as in the reference (seed-zoo.md 6b item 7): the loss
     is a mean over all elements, not a sum divided by the batch size, and the stages are weighted
     equally instead of by 1/2^(n-i).
+
+    On any network the reference's CIFAR-ResNet stages are the pre-activation outputs of its last
+    three stages, student and teacher aligned from the end, as RepDistiller pairs cross-family
+    networks.
     """
 
     paper = "A Comprehensive Overhaul of Feature Distillation, Heo et al., ICCV 2019"
     url = "https://arxiv.org/abs/1904.01866"
-    points = ("stage1_pre", "stage2_pre", "stage3_pre")
+    needs = FeatureRequest.last(3, preact=True)
 
-    def __init__(self, ctx: MethodContext, weight: float = 0.5, margin: str = "batch") -> None:
-        super().__init__(ctx)
-        if margin not in MARGINS:
-            raise ConfigError(f"method ofd: margin must be one of {', '.join(MARGINS)}, "
-                              f"got '{margin}'")
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 0.5
+        margin: Literal["batch", "bn"] = "batch"
+
+    @classmethod
+    def feature_requests(cls, params: MethodParams,
+                         infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+        requests = super().feature_requests(params, infos)
+        if params.margin == "bn":  # type: ignore[attr-defined]
+            requests["teacher"] = replace(requests["teacher"], bn_before_relu=True)
+        return requests
+
+    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+        super().__init__(ctx, params)
         assert ctx.teacher_info is not None
-        self.weight = weight
-        self.margin = margin
         self.connectors = nn.ModuleList(
-            conv_bn_connector(ctx.student_info[p].channels, ctx.teacher_info[p].channels)
-            for p in self.points)
+            conv_bn_connector(ctx.student_info.stages[p].channels,
+                              ctx.teacher_info.stages[p].channels)
+            for p in self.requests["student"].positions)
 
-    def teacher_margin(self, teacher_map: Tensor, point: str, step: Step) -> Tensor:
-        if self.margin == "batch":
+    def teacher_margin(self, teacher_map: Tensor, position: int, step: Step) -> Tensor:
+        if self.params.margin == "batch":
             return KF.ofd_margin_from_batch(teacher_map)
         assert step.teacher is not None
         # The teacher is frozen, so this is constant; recomputing it (C values) costs nothing
         # and needs no state to save or resume.
-        bn = teacher_bn_before(step.teacher, point)
+        bn = teacher_bn_before(step.teacher, position)
         return KF.ofd_margin_from_bn(bn.weight.detach(), bn.bias.detach()).to(teacher_map.dtype)
 
-    def forward(self, student: Feats | None, teacher: Feats | None,
+    def forward(self, student: Features | None, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:
         assert student is not None and teacher is not None
         losses = []
-        for connector, point in zip(self.connectors, self.points):
-            teacher_map = teacher[point].detach()
-            margin = self.teacher_margin(teacher_map, point, step)
-            losses.append(KF.overhaul_distillation(connector(student[point]), teacher_map, margin))
-        return {"ofd": self.weight * sum(losses) / len(losses)}
+        positions = self.requests["teacher"].positions
+        pairs = self.stage_pairs(student, teacher)
+        for connector, position, (s, t) in zip(self.connectors, positions, pairs):
+            s, t = KF.match_spatial_size(s, t)  # other resolutions: pool the larger map
+            teacher_map = t.detach()
+            margin = self.teacher_margin(teacher_map, position, step)
+            losses.append(KF.overhaul_distillation(connector(s), teacher_map, margin))
+        return {"ofd": self.params.weight * sum(losses) / len(losses)}

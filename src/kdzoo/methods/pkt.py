@@ -1,11 +1,12 @@
 """Probabilistic knowledge transfer (PKT): match the batch's cosine-similarity distributions."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -25,13 +26,14 @@ class ProbabilisticKnowledgeTransfer(Method):
     paper = ("Learning Deep Representations with Probabilistic Knowledge Transfer, "
              "Passalis & Tefas, ECCV 2018")
     url = "https://arxiv.org/abs/1803.10837"
-    points = ("pool",)
+    needs = FeatureRequest(pool=True)
 
-    def __init__(self, ctx: MethodContext, weight: float = 10000.0) -> None:
-        super().__init__(ctx)
-        self.weight = weight
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 10000.0
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        loss = KF.probabilistic_knowledge_transfer(student["pool"], teacher["pool"])
-        return {"pkt": self.weight * loss}
+        loss = KF.probabilistic_knowledge_transfer(student.pool, teacher.pool)
+        return {"pkt": self.params.weight * loss}

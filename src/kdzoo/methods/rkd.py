@@ -1,11 +1,12 @@
 """Relational knowledge distillation (RKD): match the batch's distances and angles."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -25,21 +26,21 @@ class RelationalKD(Method):
 
     paper = "Relational Knowledge Distillation, Park, Kim, Lu & Cho, CVPR 2019"
     url = "https://arxiv.org/abs/1904.05068"
-    points = ("pool",)
+    needs = FeatureRequest(pool=True)
 
-    def __init__(self, ctx: MethodContext, weight: float = 1.0, w_dist: float = 25.0,
-                 w_angle: float = 50.0) -> None:
-        super().__init__(ctx)
-        self.weight = weight
-        self.w_dist = w_dist
-        self.w_angle = w_angle
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 1.0
+        w_dist: float = 25.0
+        w_angle: float = 50.0
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = student["pool"], teacher["pool"]
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
+        assert teacher is not None and student.pool is not None and teacher.pool is not None
+        s, t, p = student.pool, teacher.pool, self.params
         terms: dict[str, Tensor] = {}
-        if self.w_dist:
-            terms["rkd_distance"] = self.weight * self.w_dist * KF.rkd_distance(s, t)
-        if self.w_angle:  # the B^3 angle tensor is the expensive part: skip it when unused
-            terms["rkd_angle"] = self.weight * self.w_angle * KF.rkd_angle(s, t)
+        if p.w_dist:
+            terms["rkd_distance"] = p.weight * p.w_dist * KF.rkd_distance(s, t)
+        if p.w_angle:  # the B^3 angle tensor is the expensive part: skip it when unused
+            terms["rkd_angle"] = p.weight * p.w_angle * KF.rkd_angle(s, t)
         return terms

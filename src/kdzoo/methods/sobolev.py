@@ -1,12 +1,14 @@
 """Sobolev training / Jacobian matching: match the input gradients of the true-class logit."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
+from ..models.features import Features
 from ._input_grad import true_class_grad
-from .base import Method, MethodContext, Step
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -29,13 +31,15 @@ class Sobolev(Method):
     url = "https://arxiv.org/abs/1706.04859"
     needs_input_grad = True
 
-    def __init__(self, ctx: MethodContext, weight: float = 20.0) -> None:
-        super().__init__(ctx)
-        self.weight = weight
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 20.0
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
         images, labels = step.batch.images, step.batch.labels
-        student_grad = true_class_grad(student["logits"], labels, images, create_graph=True)
-        teacher_grad = true_class_grad(teacher["logits"], labels, images, create_graph=False)
-        return {"sobolev": self.weight * KF.sobolev_matching(student_grad, teacher_grad.detach())}
+        student_grad = true_class_grad(student.logits, labels, images, create_graph=True)
+        teacher_grad = true_class_grad(teacher.logits, labels, images, create_graph=False)
+        loss = KF.sobolev_matching(student_grad, teacher_grad.detach())
+        return {"sobolev": self.params.weight * loss}

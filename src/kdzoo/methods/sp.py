@@ -1,11 +1,12 @@
 """Similarity-preserving distillation (SP): match the batch's pairwise similarity structure."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -20,17 +21,21 @@ class SimilarityPreserving(Method):
     example weight 3000. The paper sums the per-layer losses (each already /B^2).
 
     No connector is ever needed: the B x B matrices do not depend on channels or map sizes.
+
+    On any network the reference's CIFAR-ResNet stages are its last three stages,
+    student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
     """
 
     paper = "Similarity-Preserving Knowledge Distillation, Tung & Mori, ICCV 2019"
     url = "https://arxiv.org/abs/1907.09682"
-    points = ("stage1", "stage2", "stage3")
+    needs = FeatureRequest.last(3)
 
-    def __init__(self, ctx: MethodContext, weight: float = 3000.0) -> None:
-        super().__init__(ctx)
-        self.weight = weight
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 3000.0
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        losses = [KF.similarity_preserving(student[k], teacher[k]) for k in self.points]
-        return {"sp": sum(losses) / len(losses) * self.weight}
+        losses = [KF.similarity_preserving(s, t) for s, t in self.stage_pairs(student, teacher)]
+        return {"sp": sum(losses) / len(losses) * self.params.weight}

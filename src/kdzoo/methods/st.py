@@ -1,11 +1,12 @@
 """Soft targets: Hinton et al.'s knowledge distillation."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import Features
+from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
@@ -22,12 +23,13 @@ class SoftTarget(Method):
     paper = "Distilling the Knowledge in a Neural Network, Hinton et al., NIPS-W 2014"
     url = "https://arxiv.org/abs/1503.02531"
 
-    def __init__(self, ctx: MethodContext, weight: float = 0.1, temperature: float = 4.0) -> None:
-        super().__init__(ctx)
-        self.weight = weight
-        self.temperature = temperature
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 0.1
+        temperature: float = 4.0
 
-    def forward(self, student: Feats, teacher: Feats | None, step: Step) -> dict[str, Tensor]:
+    def forward(self, student: Features, teacher: Features | None,
+                step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        loss = KF.soft_target(student["logits"], teacher["logits"], self.temperature)
-        return {"st": self.weight * loss}
+        loss = KF.soft_target(student.logits, teacher.logits, self.params.temperature)
+        return {"st": self.params.weight * loss}

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import math
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as KF
 from ..errors import ConfigError
-from ..models.features import Feats
-from .base import Method, MethodContext, Step
+from ..models.features import FeatureRequest, Features
+from .base import Method, MethodContext, MethodParams, Step, positive
 from .registry import register_method
 
 #: added to softplus(alpha) so the variance never reaches 0 (the reference's eps)
@@ -59,35 +61,48 @@ class VariationalInformationDistillation(Method):
 
     Reference vs paper: the regressor has no BatchNorm and its hidden width equals the output
     width (the README admits both); the paper's heteroscedastic variance is per channel as here.
+
+    On any network the reference's CIFAR-ResNet stages are its last three stages,
+    student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
     """
 
     paper = ("Variational Information Distillation for Knowledge Transfer, Ahn et al., "
              "CVPR 2019")
     url = "https://arxiv.org/abs/1904.05835"
-    points = ("stage1", "stage2", "stage3")
+    needs = FeatureRequest.last(3)
 
-    def __init__(self, ctx: MethodContext, weight: float = 1.0, init_var: float = 5.0,
-                 hidden_factor: float = 1.0) -> None:
-        super().__init__(ctx)
-        if not init_var > VARIANCE_EPS:
-            raise ConfigError(f"method vid: init_var must be larger than {VARIANCE_EPS}, "
-                              f"got {init_var}")
+    @dataclass
+    class Params(MethodParams):
+        weight: float = 1.0
+        init_var: float = 5.0
+        hidden_factor: float = 1.0
+
+        def check(self, method: str) -> None:
+            if not self.init_var > VARIANCE_EPS:
+                raise ConfigError(f"method vid: init_var must be larger than {VARIANCE_EPS}, "
+                                  f"got {self.init_var}")
+            positive(method, hidden_factor=self.hidden_factor)
+
+    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+        super().__init__(ctx, params)
         assert ctx.teacher_info is not None
-        self.weight = weight
+        p = self.params
         regressors = []
-        for point in self.points:
-            teacher_ch = ctx.teacher_info[point].channels
-            mid_ch = int(hidden_factor * teacher_ch)
+        for position in self.requests["student"].positions:
+            teacher_ch = ctx.teacher_info.stages[position].channels
+            mid_ch = int(p.hidden_factor * teacher_ch)
             if mid_ch < 1:
-                raise ConfigError(f"method vid: hidden_factor={hidden_factor} leaves no hidden "
-                                  f"channel at {point}; use a larger value")
-            regressors.append(VariationalRegressor(ctx.student_info[point].channels, mid_ch,
-                                                   teacher_ch, init_var))
+                raise ConfigError(f"method vid: hidden_factor={p.hidden_factor} leaves no hidden "
+                                  f"channel for a teacher stage of {teacher_ch} channels; use a "
+                                  "larger value")
+            regressors.append(VariationalRegressor(ctx.student_info.stages[position].channels,
+                                                   mid_ch, teacher_ch, p.init_var))
         self.regressors = nn.ModuleList(regressors)
 
-    def forward(self, student: Feats | None, teacher: Feats | None,
+    def forward(self, student: Features | None, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:
         assert student is not None and teacher is not None
-        losses = [regressor(student[p], teacher[p])
-                  for regressor, p in zip(self.regressors, self.points)]
-        return {"vid": self.weight * sum(losses) / len(losses)}
+        # Maps of other resolutions: the larger is pooled to the smaller, as RepDistiller's VID.
+        losses = [regressor(*KF.match_spatial_size(s, t)) for regressor, (s, t) in
+                  zip(self.regressors, self.stage_pairs(student, teacher))]
+        return {"vid": self.params.weight * sum(losses) / len(losses)}

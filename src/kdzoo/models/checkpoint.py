@@ -8,7 +8,10 @@ Accepted files (``torch.load(weights_only=True)``, so loading never runs pickled
   ``resK.N.{conv1,bn1,conv2,bn2}``, ``resK.0.ds.{0,1}``, ``fc``, usually prefixed ``module.``
   because that zoo always wraps its nets in ``DataParallel``;
 * RepDistiller / mdistiller: ``{'model': state_dict}`` with keys ``layerK.N...`` and
-  ``layerK.0.downsample.{0,1}`` (kdzoo's own naming).
+  ``layerK.0.downsample.{0,1}`` (kdzoo's own naming);
+* for the ``torchvision/`` and ``timm/`` adapters, a plain state dict of the library's own model
+  (keys such as ``conv1.weight``): the adapter's keys are those under its
+  ``checkpoint_prefix`` (``model.``), which is added where the file lacks it.
 
 When a file holds several state dicts (a reference KD checkpoint has both 'snet' and 'tnet'), the
 first one that fits the model is used, in the order of ``STATE_DICT_KEYS``; ``key=`` picks one.
@@ -83,6 +86,25 @@ def normalise_key(key: str) -> str:
     return key.replace(".ds.", ".downsample.")
 
 
+def normalise_state_dict(state: Mapping[str, Tensor], model: FeatureNet) -> dict[str, Tensor]:
+    """``state`` with its keys in ``model``'s naming: ``module.`` stripped; then, for a model
+    with a ``checkpoint_prefix`` (the torchvision/timm adapters, whose keys are the wrapped
+    library model's under that prefix), the prefix added unless every key has it already
+    (a kdzoo export); for kdzoo's own models, the other zoos' names mapped
+    (:func:`normalise_key`)."""
+    prefix = getattr(model, "checkpoint_prefix", "")
+    if not prefix:
+        return {normalise_key(k): v for k, v in state.items()}
+    stripped = {}
+    for key, value in state.items():
+        while key.startswith("module."):
+            key = key[len("module."):]
+        stripped[key] = value
+    if all(k.startswith(prefix) for k in stripped):
+        return stripped
+    return {prefix + k: v for k, v in stripped.items()}
+
+
 def _describe(model: FeatureNet) -> str:
     channels = "channel" if model.in_chans == 1 else "channels"
     return (f"{model.model_name or type(model).__name__} ({model.num_classes} classes, "
@@ -137,7 +159,7 @@ def extract_state_dict(obj: Any, model: FeatureNet, path: str | Path = "",
         )
     failures = []
     for name, state in candidates:
-        normalised = {normalise_key(k): v for k, v in state.items()}
+        normalised = normalise_state_dict(state, model)
         problems = _mismatches(model, normalised)
         if not problems:
             return normalised

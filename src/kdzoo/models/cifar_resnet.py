@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .features import FeatureInfo, FeatureNet, Feats
+from .features import FeatureInfo, FeatureNet, RawFeatures, StageInfo
 from .registry import register_model
 
 
@@ -62,7 +62,12 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(FeatureNet):
-    """A three-stage CIFAR ResNet of BasicBlocks with the standard kdzoo feature points."""
+    """A three-stage CIFAR ResNet of BasicBlocks.
+
+    Features as RepDistiller's ``forward(is_feat=True, preact=...)``: the stem after its ReLU,
+    each stage's output after (``stages``) and before (``stages_pre``) the last block's final
+    ReLU, the pooled feature and the logits; the BatchNorm before each stage's last ReLU is that
+    block's ``bn2`` (``get_bn_before_relu``)."""
 
     def __init__(
         self,
@@ -85,15 +90,12 @@ class CifarResNet(FeatureNet):
             in_ch = width
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(in_ch, num_classes)
-
-        info = {"stem_pre": FeatureInfo(stem_width, 1), "stem": FeatureInfo(stem_width, 1)}
-        for index, width in enumerate(stage_widths):
-            stride = 2**index
-            info[f"stage{index + 1}_pre"] = FeatureInfo(width, stride)
-            info[f"stage{index + 1}"] = FeatureInfo(width, stride)
-        info["pool"] = FeatureInfo(in_ch)
-        info["logits"] = FeatureInfo(num_classes)
-        self.feature_info = info
+        last = blocks_per_stage - 1
+        self.feature_info = FeatureInfo(
+            stages=tuple(StageInfo(width, 2**index, preact=True,
+                                   bn_before_relu=f"layer{index + 1}.{last}.bn2")
+                         for index, width in enumerate(stage_widths)),
+            pool=in_ch, logits=num_classes, stem=StageInfo(stem_width, 1))
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -102,19 +104,19 @@ class CifarResNet(FeatureNet):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def _all_features(self, x: Tensor) -> Feats:
-        feats: Feats = {}
-        feats["stem_pre"] = self.bn1(self.conv1(x))
-        x = feats["stem"] = F.relu(feats["stem_pre"])
-        for index, stage in enumerate((self.layer1, self.layer2, self.layer3), start=1):
+    def forward_features(self, x: Tensor) -> RawFeatures:
+        x = stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        stages, stages_pre = [], []
+        for stage in (self.layer1, self.layer2, self.layer3):
             for block in stage[:-1]:
                 x = block(x)
             pre = stage[-1].preactivation(x)
-            feats[f"stage{index}_pre"] = pre
-            x = feats[f"stage{index}"] = F.relu(pre)
-        feats["pool"] = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        feats["logits"] = self.fc(feats["pool"])
-        return feats
+            x = F.relu(pre)  # out of place: ``pre`` is a feature
+            stages_pre.append(pre)
+            stages.append(x)
+        pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pool": pool,
+                "logits": self.fc(pool)}
 
 
 _NARROW = (16, 16, 32, 64)
