@@ -1,8 +1,9 @@
 """Every registered method, distilled for real on scikit-learn's digits: a short run each.
 
-Trains a resnet20 teacher once, then a resnet8 student with every method from the same initial
-weights, and prints (and writes as JSON) the final epoch's loss terms and the test accuracy.
-Multi-stage methods get shortened initialisation stages. Usage:
+A grid run by the same code as ``kdzoo zoo``: a resnet20 teacher trained once, then a resnet8
+student with every method from the same initial weights; prints (and writes as JSON) the last
+epoch's loss terms and the test accuracy. Multi-stage methods get shortened initialisation
+stages. Rerunning skips finished runs. Usage:
 
     python benchmarks/methods_on_digits.py [--epochs 15] [--out runs/methods-on-digits]
 """
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 import kdzoo
 from kdzoo.engine import read_metrics
+from kdzoo.zoo import expand, run_grid
 
 SHORT_STAGES = {"fsp": {"init_epochs": 5}, "ab": {"init_epochs": 5},
                 "ft": {"paraphraser_epochs": 5}}
@@ -28,37 +29,37 @@ def main() -> None:
     parser.add_argument("--out", default="runs/methods-on-digits")
     parser.add_argument("--methods", default=",".join(kdzoo.list_methods()))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    root = Path(args.out)
-    teacher_dir = root / "teacher"
-    if not (teacher_dir / "student.pt").is_file():
-        kdzoo.fit(kdzoo.resolve_config(overrides={
-            "student": {"name": "resnet20"}, "data": {"name": "digits"},
-            "optim": {**RECIPE, "epochs": args.teacher_epochs}, "out": str(teacher_dir)}),
-            overwrite=True, progress=False)
-    teacher = json.loads((teacher_dir / "summary.json").read_text())
-    print(f"teacher resnet20: best top-1 {teacher['best_top1']:.2f}%")
+    methods = args.methods.split(",")
+    grid = expand({
+        "data": "digits", "seeds": 1,
+        "pairs": [{"teacher": "resnet20", "student": "resnet8"}],
+        "methods": [{"name": m, "settings": {"method": SHORT_STAGES.get(m, {})}}
+                    for m in methods],
+        "settings": {"optim": {**RECIPE, "epochs": args.epochs}},
+        "teacher_settings": {"optim": {"epochs": args.teacher_epochs}},
+    }, args.out)
+    failed = [o for o in run_grid(grid, report=print) if not o.ok]
     rows = []
-    for method in args.methods.split(","):
-        config = kdzoo.resolve_config(overrides={
-            "method": {"name": method, **SHORT_STAGES.get(method, {})},
-            "teacher": {"name": "resnet20", "checkpoint": str(teacher_dir / "student.pt")},
-            "student": {"name": "resnet8"}, "data": {"name": "digits"},
-            "optim": {**RECIPE, "epochs": args.epochs}, "out": str(root / method)})
-        result = kdzoo.fit(config, overwrite=True, progress=False)
-        last = read_metrics(result.path)[-1]
-        skip = ("epoch", "stage", "stage_epoch", "lr", "images_per_second")
-        terms = {k: v for k, v in last.items()
-                 if k not in skip and not k.endswith(("top1", "top5", "seconds", "test_loss"))}
-        row = {"method": method, "epochs": result.summary["epochs"], "terms": terms,
-               "best_top1": result.summary["best_top1"],
-               "last_top1": result.summary["last_top1"],
-               "seconds": result.summary["wall_seconds"]}
+    for run in grid:
+        path = Path(run.config.out) / "summary.json"
+        if not path.is_file():  # a failed run, reported below
+            continue
+        summary = json.loads(path.read_text())
+        if run.role == "teacher":
+            print(f"teacher {run.student}: best top-1 {summary['best_top1']:.2f}%")
+            continue
+        terms = {k: v for k, v in read_metrics(run.config.out)[-1]["terms"].items()
+                 if k != "loss"}
+        row = {"method": run.method, "epochs": summary["epochs"], "terms": terms,
+               "best_top1": summary["best_top1"], "last_top1": summary["last_top1"],
+               "seconds": summary["wall_seconds"]}
         rows.append(row)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in terms.items())
-        print(f"{method:9s} {row['epochs']:3d} ep | {shown} | test top-1 best "
+        print(f"{run.method:9s} {row['epochs']:3d} ep | {shown} | test top-1 best "
               f"{row['best_top1']:.2f}% last {row['last_top1']:.2f}% | {row['seconds']:.0f}s")
-    (root / "results.json").write_text(json.dumps(rows, indent=2))
+    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2))
+    if failed:
+        raise SystemExit(f"{len(failed)} runs failed: {failed[0].run.name}: {failed[0].message}")
 
 
 if __name__ == "__main__":

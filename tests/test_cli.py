@@ -90,9 +90,15 @@ def test_demo_runs_and_prints_the_table(tmp_path, capsys):
     code, out, err = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
                          "--no-progress")
     assert code == 0, err
-    assert "| student, st | resnet8 |" in out and "| student, baseline |" in out
-    for name in ("teacher", "baseline", "st"):
-        assert (tmp_path / "demo" / name / "summary.json").is_file()
+    assert "| `st` | resnet20 → resnet8 | digits | 1 |" in out
+    assert "| `baseline` | resnet8 | digits | 1 |" in out
+    for prefix in ("baseline-resnet20-digits-s0-", "baseline-resnet8-digits-s0-",
+                   "st-resnet20-resnet8-digits-s0-"):
+        (run_dir,) = (tmp_path / "demo").glob(f"{prefix}*")
+        assert (run_dir / "summary.json").is_file()
+    # a second demo finds its runs finished and only prints the table
+    code, out, err = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
+    assert code == 0 and "3 runs, 3 finished, 0 to run" in out
 
 
 @pytest.mark.slow
@@ -102,7 +108,7 @@ def test_full_demo_within_three_minutes(tmp_path, capsys):
     start = time.perf_counter()
     code, out, _ = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--no-progress")
     assert code == 0 and time.perf_counter() - start < 180
-    assert "student, st" in out
+    assert "| `st` | resnet20 → resnet8 |" in out
 
 
 def test_list_methods_shows_every_method_with_its_paper(capsys):

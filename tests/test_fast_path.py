@@ -68,6 +68,13 @@ def test_chunked_runner_equals_whole_batches():
     request = FeatureRequest(stages=(-2,))
     whole = points_of(TeacherRunner(teacher, request)(images))
     chunked = points_of(TeacherRunner(teacher, request, chunk=32)(images))
+    every = FeatureRequest(stages="all", stem=True, pool=True, pre_pool=True).resolve(
+        teacher.feature_info)
+    whole_every = TeacherRunner(teacher, every)(images)
+    chunked_every = TeacherRunner(teacher, every, chunk=32)(images)
+    for field in ("pre_pool", "pool", "stem", "logits"):
+        want, got = getattr(whole_every, field), getattr(chunked_every, field)
+        assert got is not None and relative_error(got, want) < 1e-5, field
     assert set(whole) == {"stage2", "logits"}
     for point in whole:
         assert chunked[point].shape == whole[point].shape
@@ -121,7 +128,7 @@ def test_fast_and_plain_runs_agree(make_config, tmp_path):
                                       "untrained": False})
         runs[label] = read_metrics(fit(config).path)
     for a, b in zip(runs["plain"], runs["fast"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["terms"]["loss"] == pytest.approx(a["terms"]["loss"], rel=1e-3)
 
 
 # ------------------------------------------------------------------------ teacher cache
@@ -191,8 +198,8 @@ def test_training_with_the_cache_matches_live_training(make_config, tmp_path, mo
     monkeypatch.setattr(TeacherRunner, "__call__", lambda *a: pytest.fail("teacher ran"))
     reused = read_metrics(fit(cached_config(make_config, tmp_path, "reuse", True)).path)
     for a, b, c in zip(live, filling, reused):
-        assert b["st"] == pytest.approx(a["st"], rel=5e-3)
-        assert c["loss"] == b["loss"]  # the same float16 values either way
+        assert b["terms"]["st"] == pytest.approx(a["terms"]["st"], rel=5e-3)
+        assert c["terms"]["loss"] == b["terms"]["loss"]  # the same float16 values either way
 
 
 def test_cache_refused_for_feature_methods(make_config, tmp_path):
@@ -221,7 +228,7 @@ def test_bf16_autocast_runs_on_cpu(make_config):
                          data={"name": "synthetic", "train_size": 16, "test_size": 8,
                                "image_size": 8})
     metrics = read_metrics(fit(config).path)
-    assert metrics[0]["loss"] == metrics[0]["loss"]
+    assert metrics[0]["terms"]["loss"] == metrics[0]["terms"]["loss"]
 
 
 def test_fp16_needs_cuda(make_config):
@@ -236,4 +243,4 @@ def test_compiled_run_matches_eager(make_config, tmp_path):
     eager = read_metrics(fit(make_config(out=str(tmp_path / "eager"))).path)
     compiled = read_metrics(fit(make_config(out=str(tmp_path / "compiled"), compile=True)).path)
     for a, b in zip(eager, compiled):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["terms"]["loss"] == pytest.approx(a["terms"]["loss"], rel=1e-3)

@@ -1,4 +1,4 @@
-"""The feature-map losses of kdzoo.functional.maps against hand computations of seed-zoo.md's
+"""The feature-map losses of kdzoo.functional.maps against hand computations of the reference zoo's
 formulas (sections 2.3-2.5, 2.7, 2.11, 2.12), written with explicit Python loops over float64
 values, independently of the vectorised implementation."""
 import math

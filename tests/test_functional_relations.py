@@ -1,6 +1,6 @@
 """The relation losses (PKT, RKD, CC, IRG, CRD's NCE) against hand computations in float64:
-explicit loops over samples (and pairs, triplets) written from the formulas of seed-zoo.md, not
-from the implementation; gradchecks where the losses are smooth; dtypes."""
+explicit loops over samples (and pairs, triplets) written from the formulas of the reference zoo's
+kd_losses/, not from the implementation; gradchecks where the losses are smooth; dtypes."""
 import math
 
 import pytest

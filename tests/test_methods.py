@@ -29,6 +29,21 @@ REFUSED = {
     "teacher or method",
     ("fsp", "torchvision/resnet18", "resnet8x4"): "method fsp needs a stem feature of the "
     "teacher, which torchvision/resnet18 does not provide; choose another teacher or method",
+    ("sdd", "torchvision/resnet18", "resnet8x4"): "method sdd needs the map that its global "
+    "pooling averages of the teacher, which torchvision/resnet18 does not provide; choose "
+    "another teacher or method",
+    ("catkd", "torchvision/resnet18", "resnet8x4"): "method catkd needs the map that its "
+    "global pooling averages of the teacher, which torchvision/resnet18 does not provide; "
+    "choose another teacher or method",
+    ("srd", "torchvision/resnet18", "resnet8x4"): "method srd needs the map that its "
+    "global pooling averages of the teacher, which torchvision/resnet18 does not provide; "
+    "choose another teacher or method",
+    ("simkd", "torchvision/resnet18", "resnet8x4"): "method simkd needs the map that its "
+    "global pooling averages of the teacher, which torchvision/resnet18 does not provide; "
+    "choose another teacher or method",
+    ("reviewkd", "torchvision/resnet18", "resnet8x4"): "method reviewkd needs pre-activation "
+    "stage outputs of the teacher, which torchvision/resnet18 does not provide; choose another "
+    "teacher or method",
 }
 STEPS_PER_STAGE = 2
 

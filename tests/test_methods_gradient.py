@@ -394,9 +394,10 @@ def test_dml_fit_trains_evaluates_and_exports_both_nets(make_config):
     metrics = read_metrics(result.path)
     assert len(metrics) == 2
     for record in metrics:
-        for key in ("ce", "peer_ce", "dml", "peer_dml", "test_top1", "peer_test_top1",
-                    "peer_test_loss"):
-            assert key in record and math.isfinite(record[key]), key
+        for key in ("ce", "peer_ce", "dml", "peer_dml"):
+            assert math.isfinite(record["terms"][key]), key
+        for scores in (record["test"], record["peers"]["peer"]["test"]):
+            assert all(math.isfinite(scores[k]) for k in ("top1", "top5", "loss"))
     assert result.summary["peer_best_top1"] is not None
 
     peer_file = result.path / "peer.pt"
@@ -407,7 +408,8 @@ def test_dml_fit_trains_evaluates_and_exports_both_nets(make_config):
     assert not torch.equal(peer.conv1.weight, result.student.conv1.weight.cpu())
     # peer.pt is the final peer: it reproduces the last epoch's peer evaluation
     last = metrics[-1]
-    assert evaluate(peer, initial.loader)["top1"] == pytest.approx(last["peer_test_top1"])
+    assert evaluate(peer, initial.loader)["top1"] == pytest.approx(
+        last["peers"]["peer"]["test"]["top1"])
 
 
 # ------------------------------------------------------------------ resume (DML peer, BSS draws)
@@ -425,5 +427,6 @@ def test_resume_equals_uninterrupted(make_config, tmp_path, crashed_and_resumed,
         b = torch.load(resumed.path / "peer.pt", weights_only=True)["state_dict"]
         assert all(torch.equal(a[k], b[k]) for k in a)
     else:
-        assert read_metrics(resumed.path)[-1]["bss"] > 0  # the attack really ran
-        assert read_metrics(resumed.path)[-1]["bss"] == read_metrics(whole.path)[-1]["bss"]
+        assert read_metrics(resumed.path)[-1]["terms"]["bss"] > 0  # the attack really ran
+        assert read_metrics(resumed.path)[-1]["terms"]["bss"] == \
+            read_metrics(whole.path)[-1]["terms"]["bss"]

@@ -81,10 +81,13 @@ def test_ft_stages_lr_losses_and_freezing(make_config):
         ("paraphraser", 1), ("paraphraser", 2), ("main", 1), ("main", 2)]
     assert [m["lr"] for m in metrics] == pytest.approx([0.01, 0.01, 0.1, 0.01])
     for m in metrics[:2]:
-        assert m["reconstruction"] > 0 and "ft" not in m and "ce" not in m
-        assert "test_top1" not in m and "train_top1" not in m
+        terms = m["terms"]
+        assert terms["reconstruction"] > 0 and "ft" not in terms and "ce" not in terms
+        assert "test" not in m and "top1" not in m["train"]
     for m in metrics[2:]:
-        assert "reconstruction" not in m and m["ft"] > 0 and m["ce"] > 0 and "test_top1" in m
+        terms = m["terms"]
+        assert "reconstruction" not in terms and terms["ft"] > 0 and terms["ce"] > 0
+        assert "test" in m
 
     # stage 1: no student, a training paraphraser, a frozen translator
     assert set(seen["paraphraser"]) == {(True, True, True, False)}

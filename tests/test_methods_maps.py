@@ -39,10 +39,10 @@ def model_context(student="resnet8", teacher="resnet8"):
 
 # ------------------------------------------------------------------- reference defaults
 @pytest.mark.parametrize("method,expected", [
-    ("at", {"weight": 1000.0, "p": 2.0}),
-    ("fitnet", {"weight": 0.1}),
-    ("nst", {"weight": 10.0}),
-    ("sp", {"weight": 3000.0}),
+    ("at", {"weight": 1000.0, "p": 2.0, "variant": "reference"}),
+    ("fitnet", {"weight": 0.1, "variant": "reference"}),
+    ("nst", {"weight": 10.0, "variant": "reference"}),
+    ("sp", {"weight": 3000.0, "variant": "reference"}),
     ("fsp", {"weight": 1.0, "init_epochs": 50, "init_lr": 0.01}),
     ("ab", {"weight": 10.0, "margin": 2.0, "init_epochs": 50, "init_lr": 0.01}),
 ])
@@ -215,10 +215,12 @@ def test_two_stage_fit_lrs_and_active_losses(make_config, method):
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
     assert [m["lr"] for m in metrics] == pytest.approx([0.01, 0.01, 0.001, 0.1, 0.01])
     for m in metrics[:3]:  # method loss only; the cross-entropy is there, times 0
-        assert m["ce"] == 0.0 and m[method] > 0 and m["loss"] == pytest.approx(m[method])
-        assert "test_top1" not in m
+        terms = m["terms"]
+        assert terms["ce"] == 0.0 and terms[method] > 0
+        assert terms["loss"] == pytest.approx(terms[method])
+        assert "test" not in m
     for m in metrics[3:]:  # cross-entropy only
-        assert method not in m and m["ce"] > 0 and "test_top1" in m
+        assert method not in m["terms"] and m["terms"]["ce"] > 0 and "test" in m
 
 
 @pytest.mark.parametrize("method", ["fsp", "ab"])

@@ -79,7 +79,8 @@ def random_batchnorm_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def every_tensor(features: Features) -> dict[str, torch.Tensor]:
-    found = {"logits": features.logits, "pool": features.pool, "stem": features.stem}
+    found = {"logits": features.logits, "pool": features.pool, "stem": features.stem,
+             "pre_pool": features.pre_pool}
     found.update({f"stage{i}": t for i, t in enumerate(features.stages)})
     found.update({f"pre{i}": t for i, t in enumerate(features.stages_pre or [])})
     return {k: v for k, v in found.items() if v is not None}
@@ -107,6 +108,12 @@ def test_stage_metadata_equals_the_real_shapes(name):
         assert tuple(feats.stem.shape) == (2, info.stem.channels, side, side)
     assert tuple(feats.pool.shape) == (2, info.pool)
     assert tuple(feats.logits.shape) == (2, info.logits) == (2, 7)
+    # the classifier maps the pooled feature to the logits; pre_pool is what is pooled
+    assert torch.allclose(model.classifier_layer()(feats.pool), feats.logits, atol=1e-5)
+    assert (feats.pre_pool is not None) == (info.pre_pool is not None)
+    if info.pre_pool is not None:
+        assert feats.pre_pool.shape[1] == info.pre_pool
+        assert torch.allclose(feats.pre_pool.mean((2, 3)), feats.pool, atol=1e-5)
     assert torch.equal(model(torch.zeros(1, 3, 32, 32)), model.features(
         torch.zeros(1, 3, 32, 32)).logits)
 

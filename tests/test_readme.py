@@ -36,8 +36,20 @@ def test_every_kdzoo_command_parses(argv):
     make_parser().parse_args(argv)
 
 
+def test_the_grid_example_expands(tmp_path):
+    import yaml
+
+    from kdzoo.zoo import expand
+
+    (grid,) = [b for b in blocks("yaml") if "pairs:" in b]
+    runs = expand(yaml.safe_load(grid), tmp_path).runs
+    crd = [r for r in runs if r.method == "crd"]
+    assert len(crd) == 6 and all(r.config.method.params["weight"] == 0.8 for r in crd)
+    assert any(r.published for r in crd)
+
+
 def test_the_config_example_resolves(tmp_path):
-    (yaml_block,) = blocks("yaml")
+    (yaml_block,) = [b for b in blocks("yaml") if "pairs:" not in b]
     path = tmp_path / "config.yaml"
     path.write_text(yaml_block)
     config = resolve_config(path)
@@ -46,7 +58,6 @@ def test_the_config_example_resolves(tmp_path):
 
 def test_the_python_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--epochs", "1", "--no-progress"]) == 0  # provides runs/demo/teacher
     (python_block,) = [b for b in blocks("python") if "kdzoo.fit" in b]
     exec(compile(python_block.replace('"epochs": 30', '"epochs": 2'), "README", "exec"), {})
     assert (tmp_path / "runs" / "api-example" / "student.pt").is_file()

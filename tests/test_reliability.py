@@ -149,8 +149,9 @@ def test_nan_batches_can_be_skipped(tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main([*TRAIN, "--epochs", "2", "--out", str(out), "--set", "nonfinite=skip"]) == 0
     metrics = read_metrics(out)
-    assert [m["skipped_batches"] for m in metrics] == [1, 0]
-    assert all(m["loss"] == m["loss"] for m in metrics)  # means over the good batches only
+    assert [m["train"]["skipped_batches"] for m in metrics] == [1, 0]
+    # means over the good batches only
+    assert all(m["terms"]["loss"] == m["terms"]["loss"] for m in metrics)
 
 
 def test_nan_gradient_is_caught(tmp_path, monkeypatch, capsys):

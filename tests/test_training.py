@@ -23,8 +23,8 @@ def test_short_fit_lowers_the_loss(make_config):
     result = fit(config)
     metrics = read_metrics(result.path)
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
-    assert metrics[-1]["loss"] < metrics[0]["loss"]
-    assert metrics[-1]["train_top1"] > metrics[0]["train_top1"]
+    assert metrics[-1]["terms"]["loss"] < metrics[0]["terms"]["loss"]
+    assert metrics[-1]["train"]["top1"] > metrics[0]["train"]["top1"]
 
 
 def test_teacher_is_bit_identical_after_distillation(make_config, tmp_path):
@@ -46,8 +46,11 @@ def test_same_seed_same_result(make_config, tmp_path):
     first = fit(make_config(out=str(tmp_path / "a")))
     second = fit(make_config(out=str(tmp_path / "b")))
     assert_same_state(first.student.state_dict(), second.student.state_dict())
-    strip = lambda ms: [{k: v for k, v in m.items() if "seconds" not in k and k != "images_per_second"}
-                        for m in ms]
+    def strip(records):  # everything but the timings
+        return [{**{k: v for k, v in m.items() if k != "time"},
+                 "train": {k: v for k, v in m["train"].items() if k != "images_per_second"}}
+                for m in records]
+
     assert strip(read_metrics(first.path)) == strip(read_metrics(second.path))
     other = fit(make_config(out=str(tmp_path / "c"), seed=1))
     assert not torch.equal(other.student.fc.weight, first.student.fc.weight)
@@ -77,9 +80,12 @@ def test_run_folder_contents(make_config):
     assert summary["teacher_top1"] is not None
     assert summary["best_top1"] >= summary["last_top1"]
     record = read_metrics(result.path)[0]
-    for key in ("lr", "loss", "ce", "st", "train_top1", "train_top5", "test_top1", "test_top5",
-                "epoch_seconds", "images_per_second"):
-        assert key in record, key
+    assert set(record["terms"]) == {"loss", "ce", "st"} and "lr" in record
+    assert set(record["train"]) == {"top1", "top5", "images_per_second"}
+    assert set(record["test"]) == {"top1", "top5", "loss"}
+    assert set(record["time"]) == {"train_seconds", "eval_seconds", "epoch_seconds"}
+    assert summary["format"] == "kdzoo-summary/2"
+    assert summary["metrics_format"] == "kdzoo-metrics/2" and summary["selection"] == "test"
     loaded = kdzoo.create_model("resnet8", num_classes=10, checkpoint=result.path / "student.pt")
     assert torch.equal(loaded.fc.weight, result.student.fc.weight.cpu())
 
@@ -124,7 +130,25 @@ def test_stages_run_in_order_with_their_lr_and_losses(make_config, two_stage_met
     assert [(m["stage"], m["stage_epoch"]) for m in metrics] == [
         ("init", 1), ("init", 2), ("init", 3), ("main", 1), ("main", 2)]
     assert [m["lr"] for m in metrics] == pytest.approx([0.01, 0.01, 0.001, 0.1, 0.01])
-    assert all(m["ce"] == 0 and m["hint"] > 0 for m in metrics[:3])
-    assert all("hint" not in m and m["ce"] > 0 for m in metrics[3:])
-    assert all("test_top1" not in m for m in metrics[:3])
-    assert all("test_top1" in m for m in metrics[3:])
+    assert all(m["terms"]["ce"] == 0 and m["terms"]["hint"] > 0 for m in metrics[:3])
+    assert all("hint" not in m["terms"] and m["terms"]["ce"] > 0 for m in metrics[3:])
+    assert all("test" not in m for m in metrics[:3])
+    assert all("test" in m for m in metrics[3:])
+
+
+def test_runs_in_one_process_leave_no_global_setting_behind(make_config, tmp_path):
+    import logging
+    import os
+
+    import torch._inductor.config as inductor_config
+
+    def snapshot():
+        return (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+                inductor_config.freezing, list(logging.getLogger("kdzoo").handlers))
+
+    before = snapshot()
+    fit(make_config(deterministic=True, optim={"epochs": 1}, out=str(tmp_path / "a")))
+    assert snapshot() == before
+    fit(make_config(optim={"epochs": 1}, out=str(tmp_path / "b")))
+    assert snapshot() == before

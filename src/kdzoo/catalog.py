@@ -63,6 +63,14 @@ def describe_presets() -> str:
                   rows)
 
 
+def describe_grids() -> str:
+    from .zoo.grid import load_grid_spec, packaged_grids
+
+    rows = [[name, str(load_grid_spec(name).get("description", ""))] for name in packaged_grids()]
+    return _table(["grid", "what (kdzoo zoo --grid NAME --out DIR)"], rows)
+
+
 def describe(what: str) -> str:
     return {"models": describe_models, "methods": describe_methods,
-            "datasets": describe_datasets, "presets": describe_presets}[what]()
+            "datasets": describe_datasets, "presets": describe_presets,
+            "grids": describe_grids}[what]()

@@ -15,6 +15,9 @@ import torch
 
 from . import __version__
 from .errors import KdzooError
+from .teachers import add_teachers_parser, cmd_teachers
+from .zoo.commands import (add_plot_parser, add_report_parser, add_zoo_parser, cmd_plot,
+                           cmd_report, cmd_zoo)
 
 log = logging.getLogger("kdzoo")
 
@@ -35,35 +38,47 @@ def _add_train_parser(sub: Any) -> None:
                                    "overrides everything.")
     p.add_argument("--method", help="distillation method (`kdzoo list methods`); default baseline")
     p.add_argument("--teacher", help="teacher model name")
-    p.add_argument("--teacher-checkpoint", metavar="FILE", help="the teacher's trained weights")
+    p.add_argument("--student", help="student model name (default resnet20)")
+    p.add_argument("--data", help="dataset (`kdzoo list datasets`); default digits")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<names>-s<seed>)")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML config file")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (its config.yaml supplies the settings)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run files of an existing --out folder")
+    add_run_options(p)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of a run that `kdzoo train` and `kdzoo zoo` share."""
+    p.add_argument("--teacher-checkpoint", metavar="FILE",
+                   help="the teacher's trained weights (a file, or teachers:NAME from the store)")
     p.add_argument("--untrained-teacher", action="store_true",
                    help="allow a teacher without a checkpoint (smoke tests, benchmarks)")
-    p.add_argument("--student", help="student model name (default resnet20)")
     p.add_argument("--student-init", metavar="FILE",
                    help="initial student weights (default: seeded from model, classes and seed)")
-    p.add_argument("--data", help="dataset (`kdzoo list datasets`); default digits")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset's files are")
     p.add_argument("--download", action="store_true", help="download the dataset if missing")
+    p.add_argument("--val-split", type=float, metavar="FRACTION",
+                   help="hold out this stratified fraction of the training data for validation: "
+                        "the best epoch is then chosen on it, not on the test set")
     p.add_argument("--preset", help="training recipe: reference (default) or repdistiller")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="initial learning rate")
-    p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<names>-s<seed>)")
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML config file")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method.temperature=3 (repeatable)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out (its config.yaml supplies the settings)")
     p.add_argument("--deterministic", action="store_true",
                    help="use PyTorch's deterministic algorithms (CPU runs are bit-reproducible "
                         "anyway)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run files of an existing --out folder")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need full unpickling (only for files you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files (RUN_DIR/tensorboard) of every loss "
+                        "term and metric")
     speed = p.add_argument_group("speed")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the student and the frozen teacher (start-up cost)")
@@ -82,8 +97,11 @@ def _add_train_parser(sub: Any) -> None:
                             "the teacher): the reference-style loop, for comparisons")
 
 
-def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config keys given as flags (flags not given do not override anything)."""
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys given as flags (flags not given, or that the command does not have, do
+    not override anything)."""
+    args = argparse.Namespace(**{**{k: None for k in ("method", "teacher", "student", "data",
+                                                      "seed", "out")}, **vars(args)})
     flags = {
         ("method", "name"): args.method,
         ("teacher", "name"): args.teacher,
@@ -94,6 +112,8 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("data", "name"): args.data,
         ("data", "data_dir"): args.data_dir,
         ("data", "download"): args.download or None,
+        ("data", "val_split"): args.val_split,
+        ("tensorboard",): args.tensorboard or None,
         ("optim", "epochs"): args.epochs,
         ("optim", "batch_size"): args.batch_size,
         ("optim", "lr"): args.lr,
@@ -132,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # given as well must agree with them (a difference is refused, never applied).
         saved = Path(args.out) / "config.yaml"
         config_file = saved if saved.is_file() else None
-    config = resolve_config(config_file, _train_overrides(args), args.assignments)
+    config = resolve_config(config_file, run_overrides(args), args.assignments)
     result = fit(config, resume=args.resume, overwrite=args.overwrite,
                  progress=False if args.no_progress else None)
     s = result.summary
@@ -163,12 +183,14 @@ def _trained_model_and_data(args: argparse.Namespace, model_name: str,
     from .data import load_dataset
     from .engine.build import freeze, resolve_device
     from .models import create_model, model_factory
+    from .teachers import checkpoint_file
 
     model_factory(model_name)
     if args.batch_size < 1:
         raise KdzooError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
     data = load_dataset(args.data, args.data_dir, args.download)
+    checkpoint = checkpoint_file(checkpoint, model_name, data.num_classes, data.in_chans)
     model = create_model(model_name, num_classes=data.num_classes, in_chans=data.in_chans,
                          checkpoint=checkpoint, trust_checkpoint=args.trust_checkpoint)
     return freeze(model).to(device), data, device
@@ -187,7 +209,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _add_list_parser(sub: Any) -> None:
     p = sub.add_parser("list", help="list models, methods, datasets or presets")
-    p.add_argument("what", choices=["models", "methods", "datasets", "presets"])
+    p.add_argument("what", choices=["models", "methods", "datasets", "presets", "grids"])
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -201,17 +223,17 @@ def _add_demo_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="a small distillation on the embedded digits data "
                                     "(teacher, baseline student, distilled student)")
     p.add_argument("--out", metavar="DIR", default="runs/demo",
-                   help="parent folder of the demo's runs (a fresh one is made if it exists)")
+                   help="the demo's zoo folder (its finished runs are reused when run again)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true",
+                   help="accepted for compatibility: the demo logs one line per epoch")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, epochs=args.epochs, seed=args.seed,
-             progress=False if args.no_progress else None)
+    run_demo(args.out, epochs=args.epochs, seed=args.seed)
     return 0
 
 
@@ -315,7 +337,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "demo": cmd_demo,
-            "cache-teacher": cmd_cache_teacher, "bench": cmd_bench}
+            "cache-teacher": cmd_cache_teacher, "bench": cmd_bench, "teachers": cmd_teachers,
+            "zoo": cmd_zoo, "report": cmd_report, "plot": cmd_plot}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -323,8 +346,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdzoo {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_train_parser, _add_eval_parser, _add_list_parser, _add_demo_parser,
-                _add_cache_parser, _add_bench_parser):
+    for add in (_add_train_parser, add_zoo_parser, add_report_parser, add_plot_parser,
+                _add_eval_parser, _add_list_parser, _add_demo_parser, _add_cache_parser,
+                _add_bench_parser, add_teachers_parser):
         add(sub)
     return parser
 

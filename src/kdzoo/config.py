@@ -50,6 +50,8 @@ class DataConfig:
     name: str = "digits"
     data_dir: str | None = None
     download: bool = False
+    val_split: float = 0.0  # held-out validation fraction of the training data (0: none)
+    train_subset: int | None = None  # a stratified subset of the training images (quick runs)
     options: dict[str, Any] = field(default_factory=dict)  # written flat beside ``name`` in YAML
 
 
@@ -64,6 +66,19 @@ class OptimConfig:
     schedule: str = "multistep"  # multistep | cosine | constant
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
+    dot_delta: float | None = None  # DOT (ICCV 2023): task/distillation momentum -/+ delta
+
+
+@dataclass
+class LossConfig:
+    """RepDistiller's composition (``train_student.py``'s ``-r/-a/-b``): loss =
+    ``ce`` x cross-entropy + ``kd`` x Hinton's KD at ``kd_temperature`` (the term ``hinton_kd``)
+    + the method's own terms (their weight, RepDistiller's beta, is the method's ``weight``).
+    The defaults (1, 0) leave every method as it is."""
+
+    ce: float = 1.0              # gamma (-r): multiplies every cross-entropy term
+    kd: float = 0.0              # alpha (-a): Hinton's KD on the frozen teacher's logits
+    kd_temperature: float = 4.0  # --kd_T
 
 
 @dataclass
@@ -73,6 +88,7 @@ class TrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     preset: str | None = "reference"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -80,7 +96,7 @@ class TrainConfig:
     # The fast path (on by default where it is exact up to float rounding):
     channels_last: bool = True      # NHWC activations: +20-30% on CPUs (oneDNN) and GPUs
     fold_teacher_bn: bool = True    # the frozen teacher runs with BatchNorm folded into its convs
-    inference_chunk: int | None = None  # teacher/eval images per forward; None: 32 on CPU, all on GPU
+    inference_chunk: int | None = None  # teacher/eval images per forward (None: 32 CPU, all GPU)
     # Opt-in speed-ups that change numerics or cost start-up time:
     compile: bool = False           # torch.compile the student and the frozen teacher
     amp: str | None = None          # bf16 or fp16 autocast (fp16 needs CUDA)
@@ -90,9 +106,12 @@ class TrainConfig:
     cache_dir: str | None = None    # default: $KDZOO_CACHE or ~/.cache/kdzoo
     eval_batch_size: int | None = None
     log_interval: int = 50  # steps between progress-bar updates (each costs a host sync)
+    tensorboard: bool = False  # also write TensorBoard event files of every term and metric
     trust_checkpoint: bool = False
     deterministic: bool = False  # PyTorch's deterministic algorithms (CPU runs always are)
     nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run or "skip" the batch
+    use_recipes: bool = True  # apply the authors' published settings for method and pair
+    recipes: list[str] = field(default_factory=list)  # the recipes applied (recorded)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, with method hyper-parameters and dataset options flattened."""
@@ -139,6 +158,17 @@ def load_yaml_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return data
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``: nested keys joined by dots."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -255,7 +285,10 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     assignments: list[str] | None = None,
 ) -> TrainConfig:
-    """Defaults < preset < config file < ``overrides`` (CLI flags) < ``assignments`` (--set)."""
+    """Defaults < preset < recipes < config file < ``overrides`` (CLI flags) < ``assignments``
+    (--set). The recipes (:mod:`kdzoo.recipes`) fill only keys the user did not set."""
+    from .recipes import recipe_layer
+
     from_file = load_yaml_file(config_file) if config_file else {}
     overrides = overrides or {}
     from_set = parse_set(assignments or [])
@@ -264,13 +297,26 @@ def resolve_config(
     for layer in layers:
         if "preset" in layer:
             preset = layer["preset"]
-    merged = TrainConfig().to_dict()
+    base = TrainConfig().to_dict()
     if preset is not None:
         if not isinstance(preset, str):
             raise ConfigError(f"config key 'preset' must be a string, got {preset!r}")
-        merged = deep_merge(merged, load_preset(preset))
+        base = deep_merge(base, load_preset(preset))
+    merged = base
     for layer in layers:
         merged = _merge_open_sections(merged, layer)
+    if merged.get("use_recipes", True) is not False:
+        explicit: dict[str, Any] = {}
+        for layer in layers:
+            explicit = deep_merge(explicit, layer)
+        recipes, names = recipe_layer(merged, explicit)
+        if "method" in recipes:  # the recipe is for the run's method: keep its name with it
+            recipes["method"] = {"name": merged["method"]["name"], **recipes["method"]}
+        if names:
+            merged = _merge_open_sections(base, recipes)
+            for layer in layers:
+                merged = _merge_open_sections(merged, layer)
+            merged["recipes"] = names
     return config_from_dict(merged)
 
 

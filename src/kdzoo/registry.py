@@ -28,8 +28,9 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
 
 def natural_key(name: str) -> list[object]:
-    """Sort key that orders embedded numbers by value: resnet8 < resnet20 < resnet110."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    """Sort key that orders embedded numbers by value and ignores case: resnet8 < resnet20 <
+    ResNet50 < resnet110."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
 
 
 class Registry(Generic[T]):

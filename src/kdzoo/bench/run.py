@@ -23,7 +23,7 @@ from ..config import resolve_config
 from ..data.cifar import write_cifar_folder
 from ..data.loader import Batch, batch_bounds
 from ..engine.build import build
-from ..engine.rundir import RunDir
+from ..engine.rundir import NullRecorder
 from ..engine.trainer import Trainer
 from .conventional import ConventionalRunner
 from .measure import flops_per_image, matmul_peak_gflops, summarize, time_interleaved
@@ -76,7 +76,7 @@ class KdzooRunner:
             overrides["teacher"] = {"name": options.teacher, "checkpoint": str(teacher_file)}
         self.config = resolve_config(overrides=overrides)
         self.parts = build(self.config)
-        self.trainer = Trainer(self.parts, RunDir(cache_dir / "unused-run"), progress=False)
+        self.trainer = Trainer(self.parts, NullRecorder(), progress=False)
         self.stage = self.parts.stages[-1]  # the distillation stage
         self.setup = self.trainer.begin_epoch(self.stage, 0.05)
         self.batches = self._stream()
@@ -115,10 +115,9 @@ class KdzooRunner:
         self.trainer.train_step(self.setup, batch, self.stage, epoch, step)
         return len(batch)
 
-    def epoch(self) -> dict[str, float]:
-        stats = self.trainer.train_epoch(self.stage, 1, 0.05)
-        stats.update(self.trainer.evaluate_epoch())
-        return stats
+    def epoch(self) -> dict[str, Any]:
+        return {**self.trainer.train_epoch(self.stage, 1, 0.05),
+                **self.trainer.evaluate_epoch()}
 
 
 def calibrated_teacher(name: str, data_root: Path, path: Path, batches: int = 4) -> Path:

@@ -7,7 +7,7 @@ import points back up from methods to the engine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -15,6 +15,8 @@ from torch import nn
 from ..seeding import derive_seed
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from ..data.loader import Batch
     from ..models.features import Features
     from .schedule import LRSchedule
@@ -83,6 +85,9 @@ class Step:
     seed: int = 0
     networks: Mapping[str, nn.Module] = field(default_factory=dict)
     features: Mapping[str, "Features"] = field(default_factory=dict)
+    #: the frozen roles' fast inference paths (no autograd): ``frozen["teacher"](images)``
+    #: gives the teacher's requested features for other inputs (e.g. an extra view)
+    frozen: Mapping[str, Callable[["Tensor"], "Features"]] = field(default_factory=dict)
 
     def generator(self, name: str, device: torch.device | str = "cpu") -> torch.Generator:
         """A generator seeded from (run seed, name, stage, epoch, step): a resumed run draws

@@ -41,10 +41,17 @@ class ImageDataset:
     std: tuple[float, ...]
     augment: AugmentSpec
     source: str = ""  # where the data came from (a folder, "embedded", "generated")
+    #: a held-out validation split carved out of the training data (see kdzoo.data.split)
+    val_images: Tensor | None = None
+    val_labels: Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split, images, labels in (("train", self.train_images, self.train_labels),
-                                      ("test", self.test_images, self.test_labels)):
+        splits = [("train", self.train_images, self.train_labels),
+                  ("test", self.test_images, self.test_labels)]
+        if self.val_images is not None and self.val_labels is not None:
+            splits.append(("val", self.val_images, self.val_labels))
+            self.val_labels = self.val_labels.long()
+        for split, images, labels in splits:
             if images.dtype != torch.uint8 or images.dim() != 4:
                 raise ValueError(f"{self.name} {split} images must be uint8 (N, C, H, W)")
             if labels.shape != (images.shape[0],):
@@ -64,7 +71,8 @@ class ImageDataset:
     def to(self, device: torch.device | str) -> "ImageDataset":
         """The same dataset with its tensors on ``device``."""
         moved = {k: getattr(self, k).to(device) for k in
-                 ("train_images", "train_labels", "test_images", "test_labels")}
+                 ("train_images", "train_labels", "test_images", "test_labels", "val_images",
+                  "val_labels") if getattr(self, k) is not None}
         return ImageDataset(**{**self.__dict__, **moved})
 
 

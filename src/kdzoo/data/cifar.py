@@ -16,7 +16,8 @@ from torchvision import datasets as tv_datasets
 from ..errors import DatasetError
 from .base import AugmentSpec, ImageDataset, register_dataset
 
-# Normalisation constants of the reference zoo (seed-zoo.md section 4).
+# Normalisation constants of the reference zoo (github.com/AberHu/Knowledge-Distillation-Zoo,
+# dataset.py / train_*.py).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 DEFAULT_DIR = "./datasets"

@@ -6,15 +6,15 @@ any epoch (or step) continues with exactly the batches the uninterrupted run wou
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from ..seeding import generator
 from .augment import Normalize, crop_flip
-from .base import ImageDataset
+from .base import AugmentSpec, ImageDataset
 
 
 @dataclass
@@ -29,6 +29,8 @@ class Batch:
     indices: Tensor
     offsets: Tensor | None = None
     flips: Tensor | None = None
+    #: extra augmented views of the same images, by name (``"strong"``: MLKD's RandAugment view)
+    views: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -50,6 +52,26 @@ def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2:] = [(bounds[-2][0], count)]
     return bounds
+
+
+def strong_view(images: Tensor, spec: AugmentSpec, gen: torch.Generator) -> Tensor:
+    """MLKD's strong view of uint8 images: the dataset's own crop and flip, drawn anew, then
+    RandAugment with 2 operations of magnitude 10 (:mod:`kdzoo.data.randaugment`)."""
+    from .randaugment import rand_augment
+
+    count = images.shape[0]
+    offsets = torch.randint(0, 2 * spec.pad + 1, (count, 2), generator=gen).to(images.device)
+    flips = (torch.rand(count, generator=gen) < 0.5).to(images.device) if spec.flip else None
+    if spec.pad or flips is not None:
+        images = crop_flip(images, offsets, flips, spec.pad)
+    return rand_augment(images, gen, num_ops=2, magnitude=10)
+
+
+#: Extra views a method may ask for: name -> f(uint8 images, augmentation, generator) -> uint8
+#: images; the generator is seeded from (seed, view, epoch, step), so a resumed run draws the
+#: same views.
+EXTRA_VIEWS: dict[str, Callable[[Tensor, AugmentSpec, torch.Generator], Tensor]] = {
+    "strong": strong_view}
 
 
 class BatchLoader:
@@ -82,24 +104,31 @@ class BatchLoader:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def train_batches(self, seed: int, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """The augmented training batches of ``epoch`` (1-based), from ``start_step`` on."""
+    def train_batches(self, seed: int, epoch: int, start_step: int = 0,
+                      views: tuple[str, ...] = ()) -> Iterator[Batch]:
+        """The augmented training batches of ``epoch`` (1-based), from ``start_step`` on, with
+        the extra ``views`` a method asks for (see :data:`EXTRA_VIEWS`)."""
         plan = self.epoch_plan(seed, epoch)
         pad = self.data.augment.pad
         bounds = batch_bounds(len(plan.order), self.batch_size)
-        for start, end in bounds[start_step:]:
+        for step, (start, end) in enumerate(bounds[start_step:], start=start_step):
             index = plan.order[start:end].to(self.device)
             offsets = plan.offsets[start:end].to(self.device)
             flips = plan.flips[start:end].to(self.device) if plan.flips is not None else None
             raw = self.data.train_images[index]
             if pad or flips is not None:
                 raw = crop_flip(raw, offsets, flips, pad)
-            yield Batch(self._finish(raw), self.data.train_labels[index], index, offsets, flips)
+            extra = {name: self._finish(EXTRA_VIEWS[name](
+                self.data.train_images[index], self.data.augment,
+                generator(seed, "view", name, epoch, step))) for name in views}
+            yield Batch(self._finish(raw), self.data.train_labels[index], index, offsets, flips,
+                        extra)
 
-    def test_batches(self) -> Iterator[Batch]:
-        """The test set in order, unaugmented."""
-        count = len(self.data.test_labels)
-        for start, end in batch_bounds(count, self.eval_batch_size):
+    def test_batches(self, split: str = "test") -> Iterator[Batch]:
+        """The test (or ``split="val"``: validation) images in order, unaugmented."""
+        images, labels = (self.data.test_images, self.data.test_labels) if split == "test" \
+            else (self.data.val_images, self.data.val_labels)
+        assert images is not None and labels is not None, f"the dataset has no {split} split"
+        for start, end in batch_bounds(len(labels), self.eval_batch_size):
             index = torch.arange(start, end, device=self.device)
-            yield Batch(self._finish(self.data.test_images[start:end]),
-                        self.data.test_labels[start:end], index)
+            yield Batch(self._finish(images[start:end]), labels[start:end], index)

@@ -1,17 +1,19 @@
 """``fit``: run one training or distillation from a config, writing its run folder."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from ..config import TrainConfig
 from ..models import FeatureNet
 from .build import build, effective_config, validate_config
+from .events import check_tensorboard
 from .rundir import LOG, RunDir
 from .state import check_resume_config
 from .trainer import Trainer
@@ -59,14 +61,48 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     checkpoint; ``overwrite`` replaces the kdzoo files of an existing folder."""
     validate_config(config)
     config = effective_config(config)  # the hyper-parameters' defaults are recorded too
-    if config.deterministic:
-        set_deterministic()
+    with run_context(config):
+        return _fit(config, resume, overwrite, progress)
+
+
+@contextlib.contextmanager
+def run_context(config: TrainConfig) -> Iterator[None]:
+    """Process-global switches set for one run and restored after it (deterministic
+    algorithms, cuDNN flags, the cuBLAS workspace setting, inductor's freezing), so runs in one
+    process (tests, ``kdzoo zoo``, the Python API) never depend on the runs before them."""
+    import torch._inductor.config as inductor_config
+
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"), inductor_config.freezing)
+    try:
+        if config.deterministic:
+            set_deterministic()
+        yield
+    finally:
+        deterministic, warn_only, cudnn_deterministic, cudnn_benchmark, cublas, freezing = saved
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+        inductor_config.freezing = freezing
+
+
+def _fit(config: TrainConfig, resume: bool, overwrite: bool,
+         progress: bool | None) -> RunResult:
     out = Path(config.out) if config.out else default_out(config, resume)
     RunDir.check(out, resume, overwrite)  # fail fast, before loading any data
     if resume:
         check_resume_config(out, config.to_dict())
+    if config.tensorboard:
+        check_tensorboard()
     parts = build(config)
     run = RunDir.prepare(out, resume, overwrite)
+    run.tensorboard = config.tensorboard
     handler = logging.FileHandler(run / LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
@@ -78,4 +114,5 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     finally:
         log.removeHandler(handler)
         handler.close()
+        run.close()
     return RunResult(summary, run.path, parts.student)

@@ -13,11 +13,13 @@ from ..config import TeacherConfig, TrainConfig
 from ..core import LRSchedule, Role, Stage, build_schedule
 from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.base import DATASETS
+from ..data.split import carve_validation, subset_training
 from ..errors import ConfigError
 from ..methods import METHODS, Method, MethodContext, resolve_method_params
 from ..models import FeatureNet, create_model, load_weights, model_factory
 from ..models.features import check_request
 from ..seeding import seeded
+from ..teachers import checkpoint_file
 from .cache import TeacherCache
 from .step import StepModule
 from .teacher import TeacherRunner
@@ -132,10 +134,31 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"nonfinite must be 'stop' or 'skip', got '{config.nonfinite}'")
     if config.amp not in (None, "bf16", "fp16"):
         raise ConfigError(f"amp must be bf16 or fp16 (or unset), got '{config.amp}'")
+    if config.loss.ce < 0 or config.loss.kd < 0 or not config.loss.kd_temperature > 0:
+        raise ConfigError("loss.ce and loss.kd must not be negative and loss.kd_temperature "
+                          "must be positive")
+    if optim.dot_delta is not None:
+        if not 0 < optim.dot_delta < optim.momentum:
+            raise ConfigError(f"optim.dot_delta must be in (0, momentum={optim.momentum}), got "
+                              f"{optim.dot_delta} (mdistiller's DOT uses 0.075)")
+        if optim.nesterov:
+            raise ConfigError("DOT (optim.dot_delta) is plain momentum SGD, without Nesterov: "
+                              "add --set optim.nesterov=false (the repdistiller preset has it)")
+        if config.amp == "fp16":
+            raise ConfigError("DOT (optim.dot_delta) does not support --amp fp16 (loss "
+                              "scaling), as mdistiller's: use --amp bf16 or no --amp")
+    if not 0 <= config.data.val_split < 1:
+        raise ConfigError(f"--val-split must be a fraction in [0, 1), got {config.data.val_split}")
+    if config.data.train_subset is not None and config.data.train_subset < 1:
+        raise ConfigError(f"data.train_subset must be positive, got {config.data.train_subset}")
     if config.log_interval < 1:
         raise ConfigError(f"log_interval must be positive, got {config.log_interval}")
     method_cls = METHODS.get(config.method.name)
     resolve_method_params(config.method.name, config.method.params)
+    if config.loss.kd and not any(r.source == "teacher" and not r.trainable
+                                  for r in method_cls.roles):
+        raise ConfigError(f"loss.kd adds Hinton's KD on a frozen teacher's logits, and method "
+                          f"{config.method.name} has no frozen teacher: drop loss.kd")
     model_factory(config.student.name)
     DATASETS.get(config.data.name)
     for role in method_cls.roles:
@@ -158,6 +181,19 @@ def validate_config(config: TrainConfig) -> None:
     build_schedule(optim)
 
 
+def load_run_data(config: TrainConfig) -> ImageDataset:
+    """The run's dataset: loaded, reduced to ``data.train_subset`` images if asked, and with a
+    held-out validation split of ``data.val_split`` if asked (both stratified and seeded by the
+    dataset alone)."""
+    data = load_dataset(config.data.name, config.data.data_dir, config.data.download,
+                        **config.data.options)
+    if config.data.train_subset is not None:
+        data = subset_training(data, config.data.train_subset)
+    if config.data.val_split:
+        data = carve_validation(data, config.data.val_split)
+    return data
+
+
 def build_network(config: TrainConfig, data: ImageDataset, role: Role) -> FeatureNet:
     """A role's network. Initial weights depend only on (role, model, classes, channels, seed),
     so every method run with one seed starts its student from the same weights (the
@@ -165,7 +201,8 @@ def build_network(config: TrainConfig, data: ImageDataset, role: Role) -> Featur
     section = config.student if role.source == "student" else role_config(config, role)
     name = section.name
     assert name is not None  # validate_config checked it
-    checkpoint = None if role.source == "student" else section.checkpoint
+    checkpoint = None if role.source == "student" else \
+        checkpoint_file(section.checkpoint, name, data.num_classes, data.in_chans)
     with seeded(f"{role.name}-init", name, data.num_classes, data.in_chans, config.seed):
         network = create_model(name, num_classes=data.num_classes, in_chans=data.in_chans,
                                checkpoint=checkpoint, trust_checkpoint=config.trust_checkpoint,
@@ -227,8 +264,7 @@ def build(config: TrainConfig) -> Components:
     config = effective_config(config)
     device = resolve_device(config.device)
     check_amp(config, device)
-    data = load_dataset(config.data.name, config.data.data_dir, config.data.download,
-                        **config.data.options)
+    data = load_run_data(config)
     method_cls = METHODS.get(config.method.name)
     networks = {role.name: build_network(config, data, role) for role in method_cls.roles}
     check_features(method_cls, config, networks)
@@ -256,6 +292,7 @@ def build(config: TrainConfig) -> Components:
         data_name=data.name,
         seed=config.seed,
         infos=infos,
+        networks=dict(networks),
     )
     with seeded("method-init", config.method.name, config.seed):
         method = METHODS.get(config.method.name)(
@@ -263,10 +300,11 @@ def build(config: TrainConfig) -> Components:
     schedule = build_schedule(config.optim)
     stages = method.stages(Stage("main", config.optim.epochs, schedule))
     method.to(device)
-    step = StepModule(method, networks, compile=config.compile, seed=config.seed)
+    step = StepModule(method, networks, compile=config.compile, seed=config.seed,
+                      loss=config.loss)
     cache = None
     if config.teacher_cache and teacher is not None:
-        if not method_cls.can_use_teacher_cache():
+        if not method_cls.can_use_teacher_cache() or method.views:
             request = method.requests["teacher"]
             reason = ("needs teacher features besides the logits" if request != type(request)()
                       else "runs the teacher itself (on other inputs than the training views, "

@@ -34,15 +34,16 @@ def predict(model: nn.Module, loader: BatchLoader) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader) -> dict[str, float]:
-    """Accuracy (percent) and mean cross-entropy of ``model`` on the test split."""
+def evaluate(model: nn.Module, loader: BatchLoader, split: str = "test") -> dict[str, float]:
+    """Accuracy (percent) and mean cross-entropy of ``model`` on the test (or validation)
+    split."""
     was_training = model.training
     model.eval()
     device = loader.device
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros(2, device=device, dtype=torch.long)
     count = 0
-    for batch in loader.test_batches():
+    for batch in loader.test_batches(split):
         logits = model(batch.images)
         loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").double()
         correct += torch.stack(topk_correct(logits, batch.labels))

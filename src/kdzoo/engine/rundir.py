@@ -1,6 +1,8 @@
 """A run is a folder: the resolved config, per-epoch metrics, the summary, the exported student
-and a checkpoint to resume from. This module decides what may be written where: an existing run
-is never overwritten unless the user asks (``--overwrite``) or continues it (``--resume``)."""
+and a checkpoint to resume from. This module decides what may be written where (an existing run
+is never overwritten unless the user asks, ``--overwrite``, or continues it, ``--resume``), and
+:class:`RunDir` is the one writer of a run's files (the recorder): the training loop knows no
+file. :class:`NullRecorder` writes nothing (benchmarks; processes other than rank 0)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KdzooError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_torch_save, atomic_write_json, atomic_write_text
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -23,10 +25,13 @@ RUN_FILES = (CONFIG, METRICS, SUMMARY, STUDENT, PEER, CHECKPOINT, LOG)
 
 
 class RunDir:
-    """Paths and writers of one run folder."""
+    """Paths and writers of one run folder: config, metrics (and TensorBoard events, when
+    asked), summary, checkpoint, exported networks."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, tensorboard: bool = False) -> None:
         self.path = Path(path)
+        self.tensorboard = tensorboard
+        self._events: Any = None  # the TensorBoard SummaryWriter, opened at the first epoch
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -83,6 +88,28 @@ class RunDir:
         """Rewrite metrics.jsonl from the full history (atomic; used when resuming)."""
         atomic_write_text(self / METRICS, "".join(json.dumps(r) + "\n" for r in records))
 
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_torch_save(state, self / CHECKPOINT)
+
+    def export(self, role: str, network: Any, **metadata: Any) -> None:
+        """Write a trained network as ``<role>.pt`` (``student.pt``, ``peer.pt``)."""
+        from ..models import export_model
+
+        export_model(network, self / f"{role}.pt", **metadata)
+
+    def record_epoch(self, record: dict[str, Any]) -> None:
+        """Append an epoch's record to metrics.jsonl (and to the TensorBoard events)."""
+        self.append_metrics(record)
+        if self.tensorboard:
+            from .events import write_events
+
+            self._events = write_events(self._events, self.path, record)
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         try:
             with open(self / METRICS, "a", encoding="utf-8") as handle:
@@ -92,6 +119,32 @@ class RunDir:
             raise KdzooError(f"cannot append to {self / METRICS} ({exc.strerror or exc}); the "
                              "checkpoint of this epoch is saved: fix the disk and rerun with "
                              "--resume") from None
+
+
+class NullRecorder(RunDir):
+    """A recorder that writes nothing: the loop runs, its files do not appear (``kdzoo bench``,
+    processes other than rank 0)."""
+
+    def __init__(self) -> None:
+        super().__init__(Path(tempfile.gettempdir()) / "kdzoo-null-recorder")
+
+    def write_config(self, text: str) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        pass
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        pass
+
+    def export(self, role: str, network: Any, **metadata: Any) -> None:
+        pass
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

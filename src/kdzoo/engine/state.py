@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from ..config import config_from_dict
+from ..config import config_from_dict, flatten
 from ..errors import KdzooError
 from ..models.checkpoint import read_checkpoint_file
+from .records import upgrade_record
 from .rundir import CHECKPOINT, CONFIG
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
 
 RUN_FORMAT = "kdzoo-run/1"
 #: config keys that may differ between a run and its resumption (they do not change results)
-RUNTIME_KEYS = {"device", "out", "log_interval", "eval_batch_size", "trust_checkpoint"}
+RUNTIME_KEYS = {"device", "out", "log_interval", "eval_batch_size", "trust_checkpoint",
+                "tensorboard"}
 
 
 def run_state(trainer: "Trainer", wall_seconds: float) -> dict[str, Any]:
@@ -50,19 +52,9 @@ def run_state(trainer: "Trainer", wall_seconds: float) -> dict[str, Any]:
     }
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key (saved -> current)`` for every result-changing key that differs."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten(saved), flatten(current)
     keys = sorted(set(old) | set(new))
     return [f"{k} ({old.get(k)!r} in the run, {new.get(k)!r} now)" for k in keys
             if k not in RUNTIME_KEYS and old.get(k) != new.get(k)]
@@ -124,7 +116,7 @@ def load_run_state(trainer: "Trainer") -> bool:
     trainer.stage_index = state["stage_index"]
     trainer.stage_epoch = state["stage_epoch"]
     trainer.global_epoch = state["global_epoch"]
-    trainer.history = list(state["history"])
+    trainer.history = [upgrade_record(r) for r in state["history"]]
     trainer.wall_before = float(state["wall_seconds"])
     if state.get("scaler") is not None and trainer.scaler is not None:
         trainer.scaler.load_state_dict(state["scaler"])

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import LossConfig
 from ..core import Role, Stage, Step
+from ..functional import soft_target
 from ..data.loader import Batch
 from ..methods import Method
 from ..models.features import FeatureNet, Features, RawFeatures
@@ -25,9 +27,10 @@ class StepModule(nn.Module):
     """The trainable roles' networks and the method, run together for one batch."""
 
     def __init__(self, method: Method, networks: dict[str, FeatureNet], compile: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, loss: LossConfig | None = None) -> None:
         super().__init__()
         self.method = method
+        self.loss = loss or LossConfig()
         self.roles: tuple[Role, ...] = type(method).trainable_roles()
         self.trained = nn.ModuleDict({role.name: networks[role.name] for role in self.roles})
         # Frozen networks are handed to the method (BSS attacks the teacher) but are not
@@ -44,9 +47,12 @@ class StepModule(nn.Module):
             self.forwards[role.name] = forward
 
     def forward(self, batch: Batch, stage: Stage, epoch: int, step_index: int,
-                frozen: dict[str, Features]) -> tuple[dict[str, Tensor], Tensor | None]:
+                frozen: dict[str, Features], runners: dict[str, Callable[[Tensor], Features]]
+                | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
         """The named loss terms of one batch (a cross-entropy term per trainable role that ran,
-        then the method's terms) and the student's logits (None when it did not run)."""
+        then the method's terms) and the student's logits (None when it did not run).
+        ``frozen`` holds the frozen roles' features of the batch, ``runners`` their inference
+        paths (for other inputs the method makes)."""
         features = dict(frozen)
         terms: dict[str, Tensor] = {}
         if stage.uses_student:
@@ -55,13 +61,17 @@ class StepModule(nn.Module):
                     self.forwards[role.name](batch.images))
                 # Kept even when ce_weight is 0: the classifier then gets zero (not missing)
                 # gradients, so weight decay still applies, as in the reference's init stages.
-                terms[f"{role.prefix}ce"] = stage.ce_weight * F.cross_entropy(found.logits,
-                                                                              batch.labels)
+                terms[f"{role.prefix}ce"] = stage.ce_weight * self.loss.ce * F.cross_entropy(
+                    found.logits, batch.labels)
         if stage.method_weight != 0:
             networks = self._all_networks
             step = Step(batch, stage, epoch, step_index, networks.get("student"),
-                        networks.get("teacher"), self.seed, networks, features)
+                        networks.get("teacher"), self.seed, networks, features, runners or {})
             found_terms = self.method(features.get("student"), features.get("teacher"), step)
+            if self.loss.kd and "student" in features:  # RepDistiller's alpha x loss_div
+                found_terms = {"hinton_kd": self.loss.kd * soft_target(
+                    features["student"].logits, features["teacher"].logits,
+                    self.loss.kd_temperature), **found_terms}
             for name, value in found_terms.items():
                 terms[name] = stage.method_weight * value
         student = features.get("student") if stage.uses_student else None

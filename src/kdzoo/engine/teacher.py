@@ -133,4 +133,4 @@ def concatenate(parts: list[Features]) -> Features:
                     pool=cat([p.pool for p in parts]),
                     stages=cat_lists([p.stages for p in parts]) or [],
                     stages_pre=cat_lists([p.stages_pre for p in parts]),
-                    stem=cat([p.stem for p in parts]))
+                    stem=cat([p.stem for p in parts]), pre_pool=cat([p.pre_pool for p in parts]))

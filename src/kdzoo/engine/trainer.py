@@ -15,7 +15,6 @@ stopped.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -26,13 +25,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..data.loader import Batch
-from ..io import atomic_torch_save
 from ..core import Stage
-from ..models import Features, export_model
+from ..models import Features
 from .build import Components
 from .evaluate import accuracy_of_logits, evaluate, topk_correct
 from .guard import NonFiniteError, NonFiniteGuard
-from .rundir import CHECKPOINT, RunDir
+from .dot import DistillationOrientedSGD, is_task_term
+from .records import check_finite, epoch_line, epoch_record
+from .rundir import RunDir
 from .state import load_run_state, run_state
 from .summary import make_summary
 
@@ -81,10 +81,16 @@ class Trainer:
                         overrides: dict[str, Any]) -> torch.optim.Optimizer:
         if name not in self.optimizers:
             optim = self.parts.config.optim
-            settings = {"lr": optim.lr, "momentum": optim.momentum,
-                        "weight_decay": optim.weight_decay, "nesterov": optim.nesterov,
-                        **overrides}
-            opt = torch.optim.SGD(params, **settings)
+            if optim.dot_delta is not None and not overrides:  # not a method's own optimiser
+                opt: torch.optim.Optimizer = DistillationOrientedSGD(
+                    params, lr=optim.lr, momentum=optim.momentum - optim.dot_delta,
+                    momentum_kd=optim.momentum + optim.dot_delta,
+                    weight_decay=optim.weight_decay)
+            else:
+                settings = {"lr": optim.lr, "momentum": optim.momentum,
+                            "weight_decay": optim.weight_decay, "nesterov": optim.nesterov,
+                            **overrides}
+                opt = torch.optim.SGD(params, **settings)
             if name in self.saved_optimizer_states:
                 opt.load_state_dict(self.saved_optimizer_states.pop(name))
             self.optimizers[name] = opt
@@ -130,7 +136,7 @@ class Trainer:
         if self.parts.method.needs_input_grad:
             batch.images.requires_grad_(True)
         frozen = self.frozen_features(batch) if stage.method_weight != 0 else {}
-        return self.parts.step(batch, stage, epoch, step_index, frozen)
+        return self.parts.step(batch, stage, epoch, step_index, frozen, self.parts.teacher_runners)
 
     def begin_epoch(self, stage: Stage, lr: float) -> "EpochSetup":
         """Set the learning rate and the train/eval modes for an epoch of ``stage``."""
@@ -153,6 +159,8 @@ class Trainer:
         with self.autocast:
             terms, logits = self.step_terms(batch, stage, epoch, step_index)
             loss = torch.stack([t.float() for t in terms.values()]).sum()
+        if all(isinstance(o, DistillationOrientedSGD) for o in setup.optimizers):
+            return self._dot_step(setup, terms, loss, logits, step_index)
         for optimizer in setup.optimizers:
             optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler else loss).backward()
@@ -167,7 +175,34 @@ class Trainer:
             scaler.update()
         return loss, terms, logits
 
-    def train_epoch(self, stage: Stage, epoch: int, lr: float) -> dict[str, float]:
+    def _dot_step(self, setup: "EpochSetup", terms: dict[str, Tensor], loss: Tensor,
+                  logits: Tensor | None, step_index: int
+                  ) -> tuple[Tensor, dict[str, Tensor], Tensor | None] | None:
+        """DOT's step (:mod:`kdzoo.engine.dot`): the distillation gradients first, kept by
+        ``step_kd``, then the task (cross-entropy) gradients, both applied by ``step``."""
+        groups = {True: {}, False: {}}  # type: dict[bool, dict[str, Tensor]]
+        for name, value in terms.items():
+            groups[is_task_term(name)][name] = value
+        for task in (False, True):
+            for optimizer in setup.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            if groups[task]:
+                torch.stack([t.float() for t in groups[task].values()]).sum().backward(
+                    retain_graph=not task)
+            if not setup.guard.check(self.global_epoch + 1, step_index, groups[task] or terms,
+                                     setup.params):
+                return None
+            if not task:
+                for optimizer in setup.optimizers:
+                    optimizer.step_kd()  # type: ignore[attr-defined]
+        for optimizer in setup.optimizers:
+            optimizer.step()
+        return loss, terms, logits
+
+    def train_epoch(self, stage: Stage, epoch: int, lr: float) -> dict[str, Any]:
+        """One epoch of ``stage``: ``{"terms": {"loss": ..., <term>: ...}, "train": {"top1",
+        "top5", "images_per_second"[, "skipped_batches"]}, "time": {"train_seconds"}}``, the
+        terms and accuracies averaged over the epoch's images."""
         parts = self.parts
         loader = parts.loader
         setup = self.begin_epoch(stage, lr)
@@ -175,7 +210,8 @@ class Trainer:
         correct = torch.zeros(2, dtype=torch.long, device=loader.device)
         seen = 0
         start = time.perf_counter()
-        batches = loader.train_batches(parts.config.seed, self.global_epoch + 1)
+        batches = loader.train_batches(parts.config.seed, self.global_epoch + 1,
+                                       views=parts.method.views)
         bar = tqdm(batches, total=loader.steps_per_epoch, disable=not self.progress, leave=False,
                    desc=f"epoch {self.global_epoch + 1} [{stage.name}]", file=sys.stderr)
         for step_index, batch in enumerate(bar):
@@ -202,14 +238,15 @@ class Trainer:
             raise NonFiniteError(f"every batch of epoch {self.global_epoch + 1} had a NaN or "
                                  "infinite loss or gradient and was skipped; lower the learning "
                                  "rate or the method's weight")
-        stats = {name: value.item() / seen for name, value in sums.items()}
-        if parts.config.nonfinite == "skip":
-            stats["skipped_batches"] = setup.guard.skipped
+        train: dict[str, Any] = {}
         if stage.uses_student:
             top1, top5 = (100.0 * correct.double() / seen).tolist()
-            stats.update(train_top1=top1, train_top5=top5)
-        stats.update(train_seconds=seconds, images_per_second=seen / seconds)
-        return stats
+            train.update(top1=top1, top5=top5)
+        train["images_per_second"] = seen / seconds
+        if parts.config.nonfinite == "skip":
+            train["skipped_batches"] = setup.guard.skipped
+        return {"terms": {name: value.item() / seen for name, value in sums.items()},
+                "train": train, "time": {"train_seconds": seconds}}
 
     def check_teacher(self) -> dict[str, float]:
         """The frozen teacher's test accuracy (from the cache when it holds the test logits)."""
@@ -225,17 +262,22 @@ class Trainer:
                 cache.store_test_logits(logits)
         return accuracy_of_logits(logits.to(labels.device).float(), labels)
 
-    def evaluate_epoch(self) -> dict[str, float]:
-        """Test top-1/top-5 and loss of every trainable role (a peer's prefixed by its role)."""
+    def evaluate_epoch(self) -> dict[str, Any]:
+        """Top-1/top-5 and loss of every trainable role on the test split and, when the run
+        has one, the validation split: ``{"test": {...}, "val": {...}, "peers": {role:
+        {"test": {...}, "val": {...}}}, "time": {"eval_seconds"}}`` (the student's at the top)."""
         parts = self.parts
         start = time.perf_counter()
-        record: dict[str, float] = {}
+        splits = ["test"] + (["val"] if parts.data.val_labels is not None else [])
+        record: dict[str, Any] = {}
         for role in parts.method.trainable_roles():
-            result = evaluate(parts.networks[role.name], parts.loader)
-            record.update({f"{role.prefix}test_top1": result["top1"],
-                           f"{role.prefix}test_top5": result["top5"],
-                           f"{role.prefix}test_loss": result["loss"]})
-        record["eval_seconds"] = time.perf_counter() - start
+            network = parts.method.deployed(role.name, parts.networks[role.name])
+            scores = {split: evaluate(network, parts.loader, split) for split in splits}
+            if role.name == "student":
+                record.update(scores)
+            else:
+                record.setdefault("peers", {})[role.name] = scores
+        record["time"] = {"eval_seconds": time.perf_counter() - start}
         return record
 
     # ----------------------------------------------------------------------------- the run
@@ -260,13 +302,10 @@ class Trainer:
             schedule = stage.schedule or parts.schedule
             for epoch in range(self.stage_epoch + 1, stage.epochs + 1):
                 lr = schedule.lr(epoch)
-                record: dict[str, Any] = {"epoch": self.global_epoch + 1, "stage": stage.name,
-                                          "stage_epoch": epoch, "lr": lr}
-                record.update(self.train_epoch(stage, epoch, lr))
-                if stage.evaluate:
-                    record.update(self.evaluate_epoch())
-                record["epoch_seconds"] = record["train_seconds"] + record.get("eval_seconds", 0)
-                self._check_finite(record)
+                record = epoch_record(self.global_epoch + 1, stage.name, epoch, lr,
+                                      self.train_epoch(stage, epoch, lr),
+                                      self.evaluate_epoch() if stage.evaluate else None)
+                check_finite(record)
                 self.global_epoch += 1
                 self.stage_epoch = epoch
                 if epoch == stage.epochs:
@@ -274,44 +313,14 @@ class Trainer:
                     self.stage_index, self.stage_epoch = index + 1, 0
                 self.history.append(record)
                 wall = self.wall_before + time.perf_counter() - started
-                self.save(wall)
-                self.run.append_metrics(record)
+                self.run.save_checkpoint(run_state(self, wall))
+                self.run.record_epoch(record)
                 self.run.write_summary(make_summary(self, wall, finished=False))
-                log.info(_epoch_line(record, total_epochs))
+                log.info(epoch_line(record, total_epochs))
         wall = self.wall_before + time.perf_counter() - started
         for role in parts.method.trainable_roles():
-            export_model(parts.networks[role.name], self.run / f"{role.name}.pt",
-                         method=parts.config.method.name)
+            self.run.export(role.name, parts.method.deployed(role.name, parts.networks[role.name]),
+                            method=parts.config.method.name)
         summary = make_summary(self, wall, finished=True)
         self.run.write_summary(summary)
         return summary
-
-    def save(self, wall_seconds: float) -> None:
-        atomic_torch_save(run_state(self, wall_seconds), self.run / CHECKPOINT)
-
-    def _check_finite(self, record: dict[str, Any]) -> None:
-        bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            raise NonFiniteError(
-                f"non-finite {', '.join(bad)} in epoch {record['epoch']}; the run stopped and its "
-                "last good checkpoint is kept: lower the learning rate or the method's weight "
-                "and rerun with --resume"
-            )
-
-
-def _epoch_line(record: dict[str, Any], total_epochs: int) -> str:
-    """One log line per epoch: lr, the loss and its terms, accuracies, speed."""
-    reported = {"epoch", "stage", "stage_epoch", "lr", "loss", "images_per_second"}
-    terms = ", ".join(f"{k} {v:.4f}" for k, v in record.items()
-                      if k not in reported and not k.endswith(("_top1", "_top5", "_seconds",
-                                                               "_loss")))
-    parts = [f"epoch {record['epoch']}/{total_epochs} [{record['stage']}] lr {record['lr']:.4g}",
-             f"loss {record['loss']:.4f} ({terms})"]
-    if "train_top1" in record:
-        parts.append(f"train top-1 {record['train_top1']:.2f}%")
-    if "test_top1" in record:
-        parts.append(f"test top-1 {record['test_top1']:.2f}% top-5 {record['test_top5']:.2f}%")
-    if "peer_test_top1" in record:
-        parts.append(f"peer test top-1 {record['peer_test_top1']:.2f}%")
-    parts.append(f"{record['epoch_seconds']:.1f}s, {record['images_per_second']:.0f} img/s")
-    return " | ".join(parts)

@@ -33,7 +33,7 @@ def lwm_attention(feature_grad: Tensor, feature: Tensor | None = None) -> Tensor
     With g = d(sum_b z_{b,y_b})/dA of shape (B, C, H, W) and w_c = GAP(g)_c = mean_{h,w} g_c:
 
     * ``feature=None`` (reference zoo, kd_losses/lwm.py): cam = ReLU(sum_c w_c * g_c), i.e.
-      gradient times gradient (seed-zoo quirk 6b.6);
+      gradient times gradient (a quirk of the reference's kd_losses/lwm.py);
     * ``feature=A`` (Grad-CAM as in the paper): cam = ReLU(sum_c w_c * A_c).
 
     Then cam^ = cam / max(||cam||_2, 1e-12) over the H*W positions of each sample.

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["boundary_supporting_kl", "logits_mse", "mutual_learning", "soft_target"]
+__all__ = ["boundary_supporting_kl", "logits_mse", "mutual_learning", "soft_target",
+           "standardize_logits"]
 
 
 def logits_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -50,3 +51,13 @@ def boundary_supporting_kl(student_logits: Tensor, teacher_logits: Tensor,
     p_teacher = F.softmax(teacher_logits / temperature, dim=1)
     kl = F.kl_div(log_p_student, p_teacher, reduction="batchmean")
     return kl * (temperature * temperature) if squared_temperature else kl
+
+
+def standardize_logits(logits: Tensor) -> Tensor:
+    """Logit standardization (Sun et al., "Logit Standardization in Knowledge Distillation",
+    CVPR 2024; sunshangquan/logit-standardization-KD ``normalize``): the z-score of each sample's
+    logits, (z - mean) / (std + 1e-7), with the unbiased (n - 1) standard deviation over the
+    last dimension, as the reference's ``logit.std(dim=-1, keepdims=True)``."""
+    mean = logits.mean(dim=-1, keepdim=True)
+    std = logits.std(dim=-1, keepdim=True)
+    return (logits - mean) / (std + 1e-7)

@@ -2,9 +2,9 @@
 activation boundaries and similarity preservation.
 
 Each function computes the loss of ONE pair of maps (one stage) exactly as the reference
-Knowledge-Distillation-Zoo does (seed-zoo.md sections 2.3-2.5, 2.7, 2.11, 2.12); the methods in
-:mod:`kdzoo.methods` average the stages and apply the weight. Inputs are (B, C, H, W) tensors;
-nothing is modified in place and the result has the inputs' dtype.
+Knowledge-Distillation-Zoo does (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/); the
+methods in :mod:`kdzoo.methods` average the stages and apply the weight. Inputs are (B, C, H, W)
+tensors; nothing is modified in place and the result has the inputs' dtype.
 
 Functions that compare student and teacher maps position by position (``attention_transfer``,
 ``neuron_selectivity_transfer``, ``hint``, ``activation_boundary``) need equal spatial sizes;

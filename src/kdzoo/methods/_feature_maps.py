@@ -104,7 +104,8 @@ def check_init_settings(method: str, init_epochs: int, init_lr: float) -> None:
 
 def init_then_ce_stages(main: Stage, method: str, init_epochs: int,
                         init_lr: float = 0.01) -> list[Stage]:
-    """FSP's and AB's two stages (seed-zoo.md 2.7, 2.11, 6b item 11):
+    """FSP's and AB's two stages (the reference zoo, github.com/AberHu/Knowledge-Distillation-Zoo:
+    train_kd.py):
 
     1. ``init``: ``init_epochs`` epochs of the method's loss alone. The cross-entropy is kept
        with weight 0, so the classifier gets zero gradients and still weight decay, as in the

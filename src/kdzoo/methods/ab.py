@@ -19,7 +19,8 @@ class ActivationBoundary(InitThenCrossEntropy):
     """Activation boundaries: "Knowledge Transfer via Distillation of Activation Boundaries Formed
     by Hidden Neurons", Heo, Lee, Yun & Choi, AAAI 2019.
 
-    Reference zoo behaviour (kd_losses/ab.py and train_kd.py, seed-zoo.md 2.11 and 6b item 11):
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/ab.py and
+    train_kd.py):
 
     * On the pre-ReLU outputs of the three stages (after the residual add),
       mean[(s + m)^2 1(s > -m, t <= 0) + (s - m)^2 1(s <= m, t > 0)] over all elements with

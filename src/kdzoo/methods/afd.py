@@ -33,7 +33,8 @@ class ChannelAttention(nn.Module):
     def forward(self, teacher_map: Tensor) -> Tensor:
         pooled = F.adaptive_avg_pool2d(teacher_map, 1)
         # flatten(1), not the reference's squeeze(): squeeze also drops the batch dimension
-        # when B = 1 and the normalisation below then fails (seed-zoo.md 6b item 8)
+        # when B = 1 and the normalisation below then fails (a bug of the reference's
+        # kd_losses/afd.py)
         rho = torch.sigmoid(self.attention(pooled).flatten(1))
         return rho / rho.sum(dim=1, keepdim=True)
 
@@ -43,11 +44,12 @@ class AttentiveFeatureDistillation(Method):
     """Attentive feature distillation: "Pay Attention to Features, Transfer Learn Faster CNNs",
     Wang, Chen, Xu, Wang & Zhou, ICLR 2020.
 
-    Reference zoo behaviour (kd_losses/afd.py, seed-zoo.md 2.20): on ``stage1``, ``stage2``,
-    ``stage3`` (post-ReLU), a trainable SE-style channel attention rho computed from the teacher
-    map (hidden width ``int(C_t * att_f)``, att_f = 1) weights the per-channel mean squared
-    difference of the spatially L2-normalised maps; the three stages are averaged and
-    multiplied by ``weight`` (500). rho is trained by the same loss, as in the reference.
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/afd.py): on
+    ``stage1``, ``stage2``, ``stage3`` (post-ReLU), a trainable SE-style channel attention rho
+    computed from the teacher map (hidden width ``int(C_t * att_f)``, att_f = 1) weights the
+    per-channel mean squared difference of the spatially L2-normalised maps; the three stages are
+    averaged and multiplied by ``weight`` (500). rho is trained by the same loss, as in the
+    reference.
 
     Reference vs paper: the paper's per-location attention was replaced by an SE block in the
     reference because it was unstable (the README says so). The reference's ``squeeze()``

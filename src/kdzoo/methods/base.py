@@ -95,6 +95,9 @@ class MethodContext:
     data_name: str = ""   # the dataset's registry name (FT's BatchNorm rule depends on it)
     seed: int = 0
     infos: dict[str, FeatureInfo] = dataclasses.field(default_factory=dict)
+    #: every role's network, built (frozen teachers frozen): for methods that reuse a part of
+    #: one (SimKD deploys the teacher's classifier), never to run a dummy forward
+    networks: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
 
 
 class Method(nn.Module):
@@ -115,6 +118,12 @@ class Method(nn.Module):
     #: False for methods that run the teacher themselves (BSS attacks it): its outputs for the
     #: training views are then not all the method needs
     teacher_cacheable: ClassVar[bool] = True
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """Extra augmented views of each batch the method needs (``Batch.views``): names of
+        :data:`kdzoo.data.loader.EXTRA_VIEWS` (MLKD's paper protocol asks for "strong")."""
+        return ()
 
     def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
         super().__init__()
@@ -158,8 +167,11 @@ class Method(nn.Module):
 
     # --------------------------------------------------------------------------- the run
     def stages(self, main: Stage) -> list[Stage]:
-        """The stages to run; ``main`` is the run's configured schedule. Default: just it."""
-        return [main]
+        """The stages to run; ``main`` is the run's configured schedule. Default: just it, with
+        the cross-entropy weighted by the method's ``ce_weight`` hyper-parameter when it has
+        one (KD's 0.1 in RepDistiller's and mdistiller's convention)."""
+        ce_weight = getattr(self.params, "ce_weight", None)
+        return [main if ce_weight is None else dataclasses.replace(main, ce_weight=ce_weight)]
 
     def end_stage(self, stage: Stage) -> None:
         """Called after a stage's last epoch (e.g. to freeze a pre-trained part)."""
@@ -177,6 +189,11 @@ class Method(nn.Module):
         mine, theirs = self.requests["student"], self.requests[role]
         return list(zip(student.maps(mine.positions, mine.preact),
                         teacher.maps(theirs.positions, theirs.preact)))
+
+    def deployed(self, role: str, network: nn.Module) -> nn.Module:
+        """``role``'s network as it is evaluated and exported: the network itself, or (SimKD)
+        the network with the method's parts that belong to the deployed model."""
+        return network
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)

@@ -15,13 +15,13 @@ class CorrelationCongruence(Method):
     """Correlation congruence: "Correlation Congruence for Knowledge Distillation", Peng et al.,
     ICCV 2019.
 
-    Reference zoo behaviour (kd_losses/cc.py, seed-zoo.md 2.15): on the L2-normalised pooled
-    features, the B x B kernel sum_{p<=order} e^{-2 gamma} (2 gamma)^p / p! * S^p (the order-P
-    Taylor expansion of the Gaussian RBF), loss = weight * mean (K_s - K_t)^2. Defaults: weight
-    100 (example script), gamma 0.4, order 2. As the reference admits, only correlation
-    congruence is used: no instance congruence term and no special mini-batch sampling (the
-    paper adds CE + KD-style instance terms and class-aware sampling).
-    No connector: the kernels do not depend on the feature widths.
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/cc.py): on the
+    L2-normalised pooled features, the B x B kernel sum_{p<=order} e^{-2 gamma} (2 gamma)^p / p! *
+    S^p (the order-P Taylor expansion of the Gaussian RBF), loss = weight * mean (K_s - K_t)^2.
+    Defaults: weight 100 (example script), gamma 0.4, order 2. As the reference admits, only
+    correlation congruence is used: no instance congruence term and no special mini-batch sampling
+    (the paper adds CE + KD-style instance terms and class-aware sampling). No connector: the
+    kernels do not depend on the feature widths.
     """
 
     paper = "Correlation Congruence for Knowledge Distillation, Peng et al., ICCV 2019"

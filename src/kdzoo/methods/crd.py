@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,10 @@ _RANDOM_BOUND = 2**62
 #: int64): a tie at the selection boundary, the only place a tie matters, has probability about
 #: pool / 2^31 per row.
 _KEY_BOUND = 2**31 - 1
+#: RepDistiller's values where they differ from the reference zoo's: ``--nce_t 0.07``
+#: (train_student.py) and ``-b 0.8`` (scripts/run_cifar_distill.sh); given only for
+#: hyper-parameters the user leaves unset.
+REPDISTILLER_DEFAULTS: dict[str, Any] = {"weight": 0.8, "nce_t": 0.07}
 
 
 class Embed(nn.Module):
@@ -40,16 +44,16 @@ class ContrastiveRepresentationDistillation(Method):
     """Contrastive representation distillation: "Contrastive Representation Distillation", Tian,
     Krishnan & Isola, ICLR 2020.
 
-    Reference zoo behaviour (kd_losses/crd.py, dataset.py, train_crd.py; seed-zoo.md 2.21), which
-    follows the authors' RepDistiller: the pooled features of student and teacher go through
-    their own ``Embed`` (linear + L2 normalisation, ``feat_dim`` 128); two memory banks
-    ``memory_t`` and ``memory_s`` (one row per training image, U(-stdv, stdv) init with
-    stdv = 1/sqrt(feat_dim/3)) hold momentum averages of past embeddings. Each sample is scored
-    against 1 positive and ``nce_k`` negatives: the teacher's embedding against the student bank
-    and the student's against the teacher bank, exp(<m, e> / nce_t), divided by normalisers Z
-    fixed on the first batch (Z = mean score * N_data). Loss = weight * (NCE(student scores) +
-    NCE(teacher scores)), Eq. 18 with M = N_data. Afterwards, without gradient, the rows of the
-    batch are updated: m <- normalize(nce_mom * m + (1 - nce_mom) * e).
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/crd.py,
+    dataset.py, train_crd.py), which follows the authors' RepDistiller: the pooled features of
+    student and teacher go through their own ``Embed`` (linear + L2 normalisation, ``feat_dim``
+    128); two memory banks ``memory_t`` and ``memory_s`` (one row per training image, U(-stdv,
+    stdv) init with stdv = 1/sqrt(feat_dim/3)) hold momentum averages of past embeddings. Each
+    sample is scored against 1 positive and ``nce_k`` negatives: the teacher's embedding against
+    the student bank and the student's against the teacher bank, exp(<m, e> / nce_t), divided by
+    normalisers Z fixed on the first batch (Z = mean score * N_data). Loss = weight * (NCE(student
+    scores) + NCE(teacher scores)), Eq. 18 with M = N_data. Afterwards, without gradient, the rows
+    of the batch are updated: m <- normalize(nce_mom * m + (1 - nce_mom) * e).
 
     Sampling as the reference's ``CIFAR*IdxSample``: the positive is the sample's own index
     (``mode="exact"``) or a random index of its class (``"relax"``); the ``nce_k`` negatives are
@@ -69,6 +73,17 @@ class ContrastiveRepresentationDistillation(Method):
     value given there). feat_dim 128, nce_k 16384, nce_t 0.1, nce_mom 0.5, mode "exact".
     Student and teacher may have any widths (each has its own embedding); the banks take
     2 x N_data x feat_dim floats (51 MB for CIFAR) and are saved in checkpoints.
+
+    ``variant="repdistiller"``: the authors' RepDistiller settings (github.com/HobbitLong/
+    RepDistiller, ``train_student.py``, ``crd/criterion.py``, ``crd/memory.py``,
+    ``dataset/cifar100.py``, ``scripts/run_cifar_distill.sh``). Its code is the one the reference
+    zoo follows: the same embedding, banks, initialisation, sampling, normalisers, NCE loss and
+    update, feat_dim 128, nce_k 16384, nce_mom 0.5, mode "exact" -- what differs is its default
+    temperature ``--nce_t 0.07`` (the reference zoo's 0.1) and its CIFAR-100 beta ``-b 0.8`` (the
+    reference zoo's example 0.2), both given when left unset; cross-entropy 1 (``-r 1``), no KD
+    (``-a 0``; its "CRD+KD" adds ``-a 1``, kdzoo's ``loss.kd``). RepDistiller's ``Normalize``
+    divides by the norm without an eps where ``F.normalize`` takes max(norm, 1e-12): equal for
+    every embedding that is not all but zero.
     """
 
     paper = "Contrastive Representation Distillation, Tian, Krishnan & Isola, ICLR 2020"
@@ -88,6 +103,13 @@ class ContrastiveRepresentationDistillation(Method):
         nce_t: float = 0.1
         nce_mom: float = 0.5
         mode: Literal["exact", "relax"] = "exact"
+        variant: Literal["reference", "repdistiller"] = "reference"
+
+        @classmethod
+        def build(cls, method: str, values: dict[str, Any]) -> MethodParams:
+            if values.get("variant") == "repdistiller":
+                values = {**REPDISTILLER_DEFAULTS, **values}
+            return super().build(method, values)
 
         def check(self, method: str) -> None:
             if self.nce_k < 1 or self.feat_dim < 1 or self.nce_t <= 0:

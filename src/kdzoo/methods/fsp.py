@@ -19,7 +19,8 @@ class FlowOfSolutionProcedure(InitThenCrossEntropy):
     """FSP matrices: "A Gift from Knowledge Distillation: Fast Optimization, Network Minimization
     and Transfer Learning", Yim, Joo, Bae & Kim, CVPR 2017.
 
-    Reference zoo behaviour (kd_losses/fsp.py and train_kd.py, seed-zoo.md 2.7 and 6b item 11):
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/fsp.py and
+    train_kd.py):
 
     * G(a, b) = a_flat b_flat^T / (H*W) for the post-ReLU pairs (stem, stage1), (stage1, stage2),
       (stage2, stage3), the larger map average-pooled to the smaller; per pair the mean over

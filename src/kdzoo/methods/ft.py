@@ -54,7 +54,7 @@ def _encoder(in_ch: int, factor_ch: int, use_bn: bool) -> nn.Sequential:
 def _reference_init(module: nn.Module) -> None:
     """The reference's init loop: kaiming-normal (fan_out, relu) for every ``nn.Conv2d`` with bias
     0, BatchNorm 1/0. ``nn.ConvTranspose2d`` is not a ``Conv2d`` subclass, so the decoder keeps
-    PyTorch's default init, as in the reference (seed-zoo.md 6b item 10)."""
+    PyTorch's default init, as in the reference (a quirk of the reference's network.py)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -102,7 +102,8 @@ class FactorTransfer(Method):
     """Factor transfer: "Paraphrasing Complex Network: Network Compression via Factor Transfer",
     Kim, Park & Kwak, NeurIPS 2018.
 
-    Reference zoo behaviour (kd_losses/ft.py, train_ft.py, network.py; seed-zoo.md 2.8):
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/ft.py,
+    train_ft.py, network.py):
 
     * stage ``paraphraser`` (``paraphraser_epochs`` = 30): the student does not run; a paraphraser
       (auto-encoder of the teacher's ``stage3``, factor rate ``k`` = 0.5) is trained alone with
@@ -117,7 +118,7 @@ class FactorTransfer(Method):
 
     ``use_bn`` decides whether paraphraser and translator have BatchNorm. The reference sets
     ``use_bn = (data_name == 'cifar10')``, so CIFAR-10 runs with BN and CIFAR-100 runs without
-    (seed-zoo.md 6b item 10; the paper gives no such rule). "reference" (default) does exactly
+    (its train_ft.py; the paper gives no such rule). "reference" (default) does exactly
     that on both CIFARs and uses BN on datasets the reference never ran (the reference networks'
     own default; without BN, SGD at lr 0.01 diverges on a teacher whose features are far from
     unit scale, such as an untrained deep ResNet); "cifar10-only" applies the reference's

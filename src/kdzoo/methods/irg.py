@@ -16,8 +16,8 @@ class InstanceRelationGraph(Method):
     """Instance relationship graph: "Knowledge Distillation via Instance Relationship Graph",
     Liu et al., CVPR 2019.
 
-    Reference zoo behaviour (kd_losses/irg.py, seed-zoo.md 2.17), one-to-one mode only:
-    weight * (w_vert * vertex + w_edge * edge + w_tran * transformation) with
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/irg.py),
+    one-to-one mode only: weight * (w_vert * vertex + w_edge * edge + w_tran * transformation) with
     vertex = mse(logits); edge = the mean over (pool, stage2, stage3) of the MSE between the
     max-normalised B x B squared-distance matrices; transformation = MSE between the per-sample,
     max-normalised squared distances from stage2 (pooled to stage3's size) to stage3 (adjacent

@@ -25,8 +25,9 @@ class LearningWithoutMemorizing(Method):
 
     Differences from the paper: LwM is an incremental-learning method whose loss also has
     classification and distillation terms; like the reference, only the attention term is kept.
-    The reference's map is gradient x gradient (seed-zoo quirk 6b.6, the default here);
-    ``grad_cam=True`` uses the paper's Grad-CAM, GAP(g)-weighted activations sum_c GAP(g)_c * A_c.
+    The reference's map is gradient x gradient (a quirk of the reference's kd_losses/lwm.py, the
+    default here); ``grad_cam=True`` uses the paper's Grad-CAM, GAP(g)-weighted activations sum_c
+    GAP(g)_c * A_c.
     The maps are summed over channels, so teacher and student may differ in width without a
     connector; where their spatial sizes differ (other architectures), the larger map and its
     gradient are average-pooled to the smaller size first (the reference has equal sizes only).

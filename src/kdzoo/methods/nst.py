@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
+
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import FeatureRequest, Features
+from ..functional import repdistiller as KR
+from ..models.features import FeatureInfo, FeatureRequest, Features
 from .base import Method, MethodParams, Step
 from .registry import register_method
+
+#: RepDistiller's values where they differ from the reference zoo's (``-b 50`` in
+#: scripts/run_cifar_distill.sh); given only for hyper-parameters the user leaves unset.
+REPDISTILLER_DEFAULTS: dict[str, Any] = {"weight": 50.0}
 
 
 @register_method("nst")
@@ -15,12 +22,13 @@ class NeuronSelectivityTransfer(Method):
     """Neuron selectivity transfer: "Like What You Like: Knowledge Distill via Neuron Selectivity
     Transfer", Huang & Wang, arXiv 2017.
 
-    Reference zoo behaviour (kd_losses/nst.py, seed-zoo.md 2.5): on the post-ReLU output of the
-    last stage, every channel's spatial map is L2-normalised and the squared MMD with the
-    polynomial kernel k(a, b) = (a^T b)^2 (d = 2, c = 0) is taken between the student's and the
-    teacher's channels, each of its three terms a mean over B*C*C; loss = weight * MMD^2 with the
-    example weight 10 (the paper writes lambda/2). The reference's old version (06229d8) computed
-    an MSE between batch-averaged maps instead; this is the kernel NST.
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/nst.py): on
+    the post-ReLU output of the last stage, every channel's spatial map is L2-normalised and the
+    squared MMD with the polynomial kernel k(a, b) = (a^T b)^2 (d = 2, c = 0) is taken between the
+    student's and the teacher's channels, each of its three terms a mean over B*C*C;
+    loss = weight * MMD^2 with the example weight 10 (the paper writes lambda/2). The reference's
+    old version (06229d8) computed an MSE between batch-averaged maps instead; this is the kernel
+    NST.
 
     Networks of other widths need no connector: the MMD compares the set of student channels with
     the set of teacher channels, and the sets may have different sizes (each kernel mean is over
@@ -28,6 +36,16 @@ class NeuronSelectivityTransfer(Method):
 
     On any network the reference's CIFAR-ResNet stages are its last stage,
     student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
+
+    ``variant="repdistiller"``: RepDistiller's NST (github.com/HobbitLong/RepDistiller,
+    ``distiller_zoo/NST.py``, ``helper/loops.py``, ``scripts/run_cifar_distill.sh``): the same
+    per-stage formula (its ``full_loss``; the teacher-teacher term detached, which changes no
+    gradient), but on ``feat[1:-1]``, the post-ReLU outputs of ALL stages (as many as both
+    networks have, aligned from the end; RepDistiller's ``zip`` aligns from the start, which
+    differs only for networks with different stage counts, a pairing it never makes), the taller
+    map pooled to the other's height
+    (:func:`kdzoo.functional.repdistiller.repdistiller_match_size`), the stages SUMMED, times
+    beta = 50 (``-b 50``, given as ``weight`` when it is left unset), cross-entropy 1, no KD.
     """
 
     paper = ("Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, Huang & Wang, "
@@ -38,10 +56,29 @@ class NeuronSelectivityTransfer(Method):
     @dataclass
     class Params(MethodParams):
         weight: float = 10.0
+        variant: Literal["reference", "repdistiller"] = "reference"
+
+        @classmethod
+        def build(cls, method: str, values: dict[str, Any]) -> MethodParams:
+            if values.get("variant") == "repdistiller":
+                values = {**REPDISTILLER_DEFAULTS, **values}
+            return super().build(method, values)
+
+    @classmethod
+    def feature_requests(cls, params: MethodParams,
+                         infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+        if params.variant != "repdistiller":  # type: ignore[attr-defined]
+            return super().feature_requests(params, infos)
+        request = FeatureRequest(stages="all").resolve(*(infos.get(r.name) for r in cls.roles))
+        return {role.name: request for role in cls.roles}
 
     def forward(self, student: Features, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:
         assert teacher is not None
+        if self.params.variant == "repdistiller":
+            losses = [KF.neuron_selectivity_transfer(*KR.repdistiller_match_size(s, t))
+                      for s, t in self.stage_pairs(student, teacher)]
+            return {"nst": sum(losses) * self.params.weight}
         losses = [KF.neuron_selectivity_transfer(*KF.match_spatial_size(s, t))
                   for s, t in self.stage_pairs(student, teacher)]
         return {"nst": sum(losses) / len(losses) * self.params.weight}

@@ -32,12 +32,13 @@ class OverhaulFeatureDistillation(Method):
     """Overhaul of feature distillation: "A Comprehensive Overhaul of Feature Distillation",
     Heo, Kim, Yun, Park, Kwak & Choi, ICCV 2019.
 
-    Reference zoo behaviour (kd_losses/ofd.py, seed-zoo.md 2.19): on ``stage1_pre``,
-    ``stage2_pre``, ``stage3_pre`` (before the last ReLU), the student goes through a connector
-    Conv1x1(C_s -> C_t, no bias) + BN (train mode with the student, so batch statistics), the
-    teacher through the margin ReLU max(t, m_c), and the partial L2 distance is averaged over all
-    elements; the three stages are averaged and multiplied by ``weight`` (0.5). The connector
-    maps any student width to the teacher's, so different widths work by construction.
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/ofd.py): on
+    ``stage1_pre``, ``stage2_pre``, ``stage3_pre`` (before the last ReLU), the student goes through
+    a connector Conv1x1(C_s -> C_t, no bias) + BN (train mode with the student, so batch
+    statistics), the teacher through the margin ReLU max(t, m_c), and the partial L2 distance is
+    averaged over all elements; the three stages are averaged and multiplied by ``weight`` (0.5).
+    The connector maps any student width to the teacher's, so different widths work by
+    construction.
 
     ``margin``: "batch" (default, the reference) is the mean of the teacher's negative responses
     in the current batch, per channel; "bn" is the paper's (and official code's) expectation of
@@ -45,8 +46,9 @@ class OverhaulFeatureDistillation(Method):
     before the point, taken from the last block's ``bn2`` as the official code does for
     post-activation ResNets (:func:`teacher_bn_before`; CIFAR ResNet teachers only).
 
-    Reference vs paper/official code, kept as in the reference (seed-zoo.md 6b item 7): the loss
-    is a mean over all elements, not a sum divided by the batch size, and the stages are weighted
+    Reference vs paper/official code, kept as in the reference (a choice of the reference's code):
+    the loss is a mean over all elements, not a sum divided by the batch size, and the stages are
+    weighted
     equally instead of by 1/2^(n-i).
 
     On any network the reference's CIFAR-ResNet stages are the pre-activation outputs of its last

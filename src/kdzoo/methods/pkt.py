@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
+
 from torch import Tensor
 
 from .. import functional as KF
@@ -9,18 +11,30 @@ from ..models.features import FeatureRequest, Features
 from .base import Method, MethodParams, Step
 from .registry import register_method
 
+#: RepDistiller's values where they differ from the reference zoo's (``-b 30000`` in
+#: scripts/run_cifar_distill.sh); given only for hyper-parameters the user leaves unset.
+REPDISTILLER_DEFAULTS: dict[str, Any] = {"weight": 30000.0}
+#: RepDistiller's ``cosine_similarity_loss`` eps (the reference zoo's is 1e-6).
+REPDISTILLER_EPS = 1e-7
+
 
 @register_method("pkt")
 class ProbabilisticKnowledgeTransfer(Method):
     """Probabilistic knowledge transfer: "Learning Deep Representations with Probabilistic
     Knowledge Transfer", Passalis & Tefas, ECCV 2018.
 
-    Reference zoo behaviour (kd_losses/pkt.py, seed-zoo.md 2.6): on the pooled features, the
-    cosine kernel (cos + 1) / 2 is turned into row-wise conditional probabilities and the loss
-    is mean_{i,j} P^t_ij log((P^t_ij + 1e-6) / (P^s_ij + 1e-6)) -- a mean over the B^2 entries,
-    where the paper sums the KL divergences. The loss is tiny, hence the example weight 10000.
-    NaNs after normalisation become 0 as in the reference, without touching the given features.
-    No connector: the B x B kernels do not depend on the feature widths.
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/pkt.py): on
+    the pooled features, the cosine kernel (cos + 1) / 2 is turned into row-wise conditional
+    probabilities and the loss is mean_{i,j} P^t_ij log((P^t_ij + 1e-6) / (P^s_ij + 1e-6)) -- a
+    mean over the B^2 entries, where the paper sums the KL divergences. The loss is tiny, hence the
+    example weight 10000. NaNs after normalisation become 0 as in the reference, without touching
+    the given features. No connector: the B x B kernels do not depend on the feature widths.
+
+    ``variant="repdistiller"``: RepDistiller's PKT (github.com/HobbitLong/RepDistiller,
+    ``distiller_zoo/PKT.py``, ``helper/loops.py``, ``scripts/run_cifar_distill.sh``): the same
+    formula and point (``feat[-1]``, the pooled feature) with RepDistiller's eps 1e-7 in the
+    normalisation and the logarithm (instead of 1e-6), times beta = 30000 (``-b 30000``, given as
+    ``weight`` when it is left unset), cross-entropy 1, no KD.
     """
 
     paper = ("Learning Deep Representations with Probabilistic Knowledge Transfer, "
@@ -31,9 +45,20 @@ class ProbabilisticKnowledgeTransfer(Method):
     @dataclass
     class Params(MethodParams):
         weight: float = 10000.0
+        variant: Literal["reference", "repdistiller"] = "reference"
+
+        @classmethod
+        def build(cls, method: str, values: dict[str, Any]) -> MethodParams:
+            if values.get("variant") == "repdistiller":
+                values = {**REPDISTILLER_DEFAULTS, **values}
+            return super().build(method, values)
 
     def forward(self, student: Features, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:
         assert teacher is not None
+        if self.params.variant == "repdistiller":
+            loss = KF.probabilistic_knowledge_transfer(student.pool, teacher.pool,
+                                                       eps=REPDISTILLER_EPS)
+            return {"pkt": self.params.weight * loss}
         loss = KF.probabilistic_knowledge_transfer(student.pool, teacher.pool)
         return {"pkt": self.params.weight * loss}

@@ -15,13 +15,13 @@ class RelationalKD(Method):
     """Relational knowledge distillation: "Relational Knowledge Distillation", Park, Kim, Lu &
     Cho, CVPR 2019.
 
-    Reference zoo behaviour (kd_losses/rkd.py, seed-zoo.md 2.10), on the pooled features:
-    weight * (w_dist * L_dist + w_angle * L_angle), where L_dist is the smooth-L1 (mean over
-    B^2) between distance matrices divided by their mean positive distance, and L_angle the
-    smooth-L1 (mean over B^3) between the cosines of the angles formed by every triplet.
-    Defaults: weight 1 (the example script's lambda), w_dist 25, w_angle 50, as the paper.
-    The two parts are logged as separate terms (``rkd_distance``, ``rkd_angle``); their sum is
-    the reference loss. No connector: the relations do not depend on the feature widths.
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/rkd.py), on
+    the pooled features: weight * (w_dist * L_dist + w_angle * L_angle), where L_dist is the
+    smooth-L1 (mean over B^2) between distance matrices divided by their mean positive distance,
+    and L_angle the smooth-L1 (mean over B^3) between the cosines of the angles formed by every
+    triplet. Defaults: weight 1 (the example script's lambda), w_dist 25, w_angle 50, as the paper.
+    The two parts are logged as separate terms (``rkd_distance``, ``rkd_angle``); their sum is the
+    reference loss. No connector: the relations do not depend on the feature widths.
     """
 
     paper = "Relational Knowledge Distillation, Park, Kim, Lu & Cho, CVPR 2019"

@@ -6,18 +6,20 @@ from torch import Tensor
 
 from .. import functional as KF
 from ..models.features import Features
-from .base import Method, MethodParams, Step
+from ._logit import LogitMethod
+from .base import MethodParams, Step
 from .registry import register_method
 
 
 @register_method("st")
-class SoftTarget(Method):
+class SoftTarget(LogitMethod):
     """Soft targets: "Distilling the Knowledge in a Neural Network", Hinton, Vinyals & Dean, NIPS DL
     Workshop 2014.
 
     Reference zoo behaviour (kd_losses/st.py): loss = CE + weight * T^2 * KL(p_t || p_s) with
     'batchmean'; no (1 - alpha) factor on the cross-entropy. T = 4. The default weight 0.1 is the
-    reference's example-script lambda (its argparse default is 1.0).
+    reference's example-script lambda (its argparse default is 1.0). ``standardize`` and ``ctkd``
+    are the logit options of :mod:`kdzoo.methods._logit`.
     """
 
     paper = "Distilling the Knowledge in a Neural Network, Hinton et al., NIPS-W 2014"
@@ -27,9 +29,12 @@ class SoftTarget(Method):
     class Params(MethodParams):
         weight: float = 0.1
         temperature: float = 4.0
+        standardize: bool = False  # logit standardization (LS, CVPR 2024)
+        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
 
     def forward(self, student: Features, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        loss = KF.soft_target(student.logits, teacher.logits, self.params.temperature)
+        s, t = self.logit_pair(student.logits, teacher.logits)
+        loss = KF.soft_target(s, t, self.temperature(step))  # type: ignore[arg-type]
         return {"st": self.params.weight * loss}

@@ -52,12 +52,13 @@ class VariationalInformationDistillation(Method):
     """Variational information distillation: "Variational Information Distillation for Knowledge
     Transfer", Ahn, Hu, Damianou, Lawrence & Dai, CVPR 2019.
 
-    Reference zoo behaviour (kd_losses/vid.py, seed-zoo.md 2.18): one regressor per stage on
-    ``stage1``, ``stage2``, ``stage3`` (post-ReLU), from the student's width to a hidden width
-    ``int(hidden_factor * C_t)`` (the reference's ``--sf``, 1) to the teacher's width, so teacher
-    and student of different widths work by construction. Loss per stage: the Gaussian negative
-    log-likelihood mean of 0.5 (log sigma^2 + (mu - t)^2 / sigma^2); the three stages are
-    averaged and multiplied by ``weight`` (1.0). ``init_var`` = 5.0 is sigma^2 at the start.
+    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/vid.py): one
+    regressor per stage on ``stage1``, ``stage2``, ``stage3`` (post-ReLU), from the student's width
+    to a hidden width ``int(hidden_factor * C_t)`` (the reference's ``--sf``, 1) to the teacher's
+    width, so teacher and student of different widths work by construction. Loss per stage: the
+    Gaussian negative log-likelihood mean of 0.5 (log sigma^2 + (mu - t)^2 / sigma^2); the three
+    stages are averaged and multiplied by ``weight`` (1.0). ``init_var`` = 5.0 is sigma^2 at the
+    start.
 
     Reference vs paper: the regressor has no BatchNorm and its hidden width equals the output
     width (the README admits both); the paper's heteroscedastic variance is per channel as here.

@@ -583,6 +583,7 @@ class GraphFeatureNet(FeatureNet):
         self._pool_key, self._logits_key = keys[plan.pool_node], keys[plan.logits_node]
         self._pool_is_map = plan.pool_is_map
         self.plan = plan
+        self.classifier_module = f"model.{plan.final_layer}"
         self.feature_info = FeatureInfo(stages=tuple(plan.stages), pool=plan.pool,
                                         logits=plan.logits)
 
@@ -699,6 +700,9 @@ class TimmNet(FeatureNet):
             stages=tuple(StageInfo(int(d["num_chs"]), int(d["reduction"]))
                          for d in model.feature_info),
             pool=int(pool), logits=num_classes)
+
+    def classifier_layer(self) -> nn.Module:
+        return self.model.get_classifier()
 
     def forward_features(self, x: Tensor) -> RawFeatures:
         final, stages = self.model.forward_intermediates(x)

@@ -18,13 +18,16 @@ first one that fits the model is used, in the order of ``STATE_DICT_KEYS``; ``ke
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,13 +40,34 @@ KDZOO_FORMAT = "kdzoo-model/1"
 _SHOWN = 4  # how many offending keys an error message names
 
 
+@contextlib.contextmanager
+def community_safe_globals() -> Iterator[None]:
+    """Let ``torch.load(weights_only=True)`` accept what RepDistiller/mdistiller checkpoints hold
+    beside the weights: ``argparse.Namespace`` (the options), numpy scalars and dtypes (e.g. the
+    best accuracy). Plain data: none of them runs code when unpickled."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5: such files need --trust-checkpoint
+        yield
+        return
+    scalar = np.float64(0).__reduce__()[0]  # numpy(._core).multiarray.scalar
+    allowed: list[Any] = [argparse.Namespace, scalar, np.dtype]
+    if scalar.__module__ != "numpy.core.multiarray":  # numpy 2 reading numpy 1 pickles
+        allowed.append((scalar, "numpy.core.multiarray.scalar"))
+    allowed += list({type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64",
+                                                 "int32", "int16", "int8", "uint8", "bool")})
+    with safe_globals(allowed):
+        yield
+
+
 def read_checkpoint_file(path: str | Path, trust: bool = False) -> Any:
-    """``torch.load`` a file safely; every failure becomes a one-line :class:`CheckpointError`."""
+    """``torch.load`` a file safely (tensors, plain data and :func:`community_safe_globals`);
+    every failure becomes a one-line :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with community_safe_globals():
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found is None:  # not a refused Python object: the bytes themselves are bad
@@ -133,6 +157,10 @@ def _mismatches(model: FeatureNet, state: Mapping[str, Tensor]) -> list[str]:
 def extract_state_dict(obj: Any, model: FeatureNet, path: str | Path = "",
                        key: str | None = None) -> dict[str, Tensor]:
     """The state dict in a loaded checkpoint object that fits ``model``, with normalised keys."""
+    if isinstance(obj, Mapping) and obj.get("deployed") == "simkd":
+        raise CheckpointError(f"checkpoint {path} is a deployed SimKD student (the student with "
+                              "its projector and the teacher's classifier): load it with "
+                              "kdzoo.methods.simkd.load_simkd_student")
     if isinstance(obj, Mapping) and obj.get("kdzoo_format") == KDZOO_FORMAT:
         saved = (obj.get("model_name"), obj.get("num_classes"), obj.get("in_chans"))
         wanted = (model.model_name, model.num_classes, model.in_chans)
@@ -190,6 +218,7 @@ def export_model(model: FeatureNet, path: str | Path, **metadata: Any) -> None:
             "num_classes": model.num_classes,
             "in_chans": model.in_chans,
             "state_dict": state,
+            **getattr(model, "export_metadata", {}),  # e.g. a deployed SimKD student
             **metadata,
         },
         path,

@@ -1,7 +1,8 @@
 """CIFAR ResNets (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016), as the
 reference zoo and RepDistiller build them.
 
-Differences from the paper, kept for fidelity to the zoos (seed-zoo.md section 3):
+Differences from the paper, kept for fidelity to the zoos
+(github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/):
 
 * where a block changes the shape, the shortcut is a 1x1 convolution + BatchNorm projection
   (He et al.'s option B), not option A's zero padding: resnet20 has 272,474 parameters, not 269,722;
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .features import FeatureInfo, FeatureNet, RawFeatures, StageInfo
+from ._init import init_weights
 from .registry import register_model
 
 
@@ -95,14 +97,9 @@ class CifarResNet(FeatureNet):
             stages=tuple(StageInfo(width, 2**index, preact=True,
                                    bn_before_relu=f"layer{index + 1}.{last}.bn2")
                          for index, width in enumerate(stage_widths)),
-            pool=in_ch, logits=num_classes, stem=StageInfo(stem_width, 1))
+            pool=in_ch, logits=num_classes, stem=StageInfo(stem_width, 1), pre_pool=in_ch)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights(self)
 
     def forward_features(self, x: Tensor) -> RawFeatures:
         x = stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -115,8 +112,8 @@ class CifarResNet(FeatureNet):
             stages_pre.append(pre)
             stages.append(x)
         pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pool": pool,
-                "logits": self.fc(pool)}
+        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pre_pool": x,
+                "pool": pool, "logits": self.fc(pool)}
 
 
 _NARROW = (16, 16, 32, 64)

@@ -53,6 +53,10 @@ class FeatureInfo:
     pool: int
     logits: int
     stem: StageInfo | None = None
+    #: channels of the map whose global average pool is ``pool`` (and, through the classifier,
+    #: the logits), for methods that pool it otherwise (SDD) or read class activation maps
+    #: from it (CAT-KD); None where the network's pooled feature is not such an average
+    pre_pool: int | None = None
 
 
 @dataclass
@@ -68,22 +72,25 @@ class Features:
     stages: list[Tensor | None] = field(default_factory=list)
     stages_pre: list[Tensor | None] | None = None
     stem: Tensor | None = None
+    pre_pool: Tensor | None = None
 
     @classmethod
     def from_raw(cls, raw: RawFeatures) -> "Features":
         return cls(logits=raw["logits"], pool=raw.get("pool"), stages=list(raw.get("stages", [])),
                    stages_pre=None if raw.get("stages_pre") is None else list(raw["stages_pre"]),
-                   stem=raw.get("stem"))
+                   stem=raw.get("stem"), pre_pool=raw.get("pre_pool"))
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> "Features":
         """A copy with ``fn`` applied to every tensor (e.g. ``.detach()``)."""
         def each(items: list[Tensor | None] | None) -> list[Tensor | None] | None:
             return None if items is None else [None if t is None else fn(t) for t in items]
 
-        return Features(logits=fn(self.logits),
-                        pool=None if self.pool is None else fn(self.pool),
+        def one(item: Tensor | None) -> Tensor | None:
+            return None if item is None else fn(item)
+
+        return Features(logits=fn(self.logits), pool=one(self.pool),
                         stages=each(self.stages) or [], stages_pre=each(self.stages_pre),
-                        stem=None if self.stem is None else fn(self.stem))
+                        stem=one(self.stem), pre_pool=one(self.pre_pool))
 
     def maps(self, positions: tuple[int, ...], preact: bool = False) -> list[Tensor]:
         """The stage maps at ``positions`` (negative, from the end), post- or pre-activation."""
@@ -102,13 +109,15 @@ class FeatureRequest:
     ``"all"`` (as many as both networks have, aligned from the end); ``preact``: their
     pre-activation outputs instead of the post-activation ones; ``stem``, ``pool``: the stem's
     output and the pooled feature; ``bn_before_relu``: the network must name the BatchNorm
-    before each requested stage's last ReLU."""
+    before each requested stage's last ReLU; ``pre_pool``: the map the network globally pools
+    (with its classifier, see :meth:`FeatureNet.classifier_layer`)."""
 
     stages: tuple[int, ...] | Literal["all"] = ()
     preact: bool = False
     stem: bool = False
     pool: bool = False
     bn_before_relu: bool = False
+    pre_pool: bool = False
 
     @classmethod
     def last(cls, k: int, **kwargs: Any) -> "FeatureRequest":
@@ -141,6 +150,8 @@ def missing_features(request: FeatureRequest, info: FeatureInfo) -> list[str]:
         missing.append("a named BatchNorm before each stage's last ReLU")
     if request.stem and info.stem is None:
         missing.append("a stem feature")
+    if request.pre_pool and info.pre_pool is None:
+        missing.append("the map that its global pooling averages")
     return missing
 
 
@@ -165,6 +176,7 @@ def select(raw: RawFeatures, request: FeatureRequest) -> Features:
         stages=[] if request.preact else chosen,
         stages_pre=chosen if request.preact else None,
         stem=raw.get("stem") if request.stem else None,
+        pre_pool=raw.get("pre_pool") if request.pre_pool else None,
     )
 
 
@@ -174,8 +186,10 @@ class FeatureNet(nn.Module):
     Subclasses set ``feature_info`` and implement ``forward_features(x)``, returning the
     :data:`RawFeatures` dict of one forward pass: ``stages`` (one map per stage, in order),
     ``stages_pre`` (pre-activation outputs, when the stages have them), ``stem`` (when there is
-    one), ``pool`` and ``logits``. ``features(x)`` wraps it in :class:`Features`; ``forward(x)``
-    returns the logits, so a kdzoo network is a drop-in ``nn.Module`` classifier. The attributes
+    one), ``pre_pool`` (the map averaged into ``pool``, where there is one), ``pool`` and
+    ``logits``; ``classifier_module`` names the module that maps ``pool`` to the logits.
+    ``features(x)`` wraps it in :class:`Features`; ``forward(x)`` returns the logits, so a kdzoo
+    network is a drop-in ``nn.Module`` classifier. The attributes
     ``model_name``, ``num_classes`` and ``in_chans`` are set by :func:`kdzoo.create_model` and
     travel with exported checkpoints.
     """
@@ -184,6 +198,12 @@ class FeatureNet(nn.Module):
     model_name: str = ""
     num_classes: int = 0
     in_chans: int = 3
+    classifier_module: str = "fc"
+
+    def classifier_layer(self) -> nn.Module:
+        """The module that maps the pooled feature to the logits (SimKD reuses the teacher's;
+        SDD and CAT-KD apply it to other pooled maps)."""
+        return self.get_submodule(self.classifier_module)
 
     def forward_features(self, x: Tensor) -> RawFeatures:
         raise NotImplementedError

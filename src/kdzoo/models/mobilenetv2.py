@@ -23,12 +23,12 @@ fan_out), BatchNorm weight 1 and bias 0, the linear layer ~ N(0, 0.01^2) with bi
 """
 from __future__ import annotations
 
-import math
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .features import FeatureInfo, FeatureNet, RawFeatures, StageInfo
+from ._init import init_weights
 from .registry import register_model
 
 
@@ -92,6 +92,8 @@ class MobileNetV2(FeatureNet):
     BatchNorm named for each stage is that group's last projection BatchNorm
     (``blocks.G.<last>.conv.7``), as RepDistiller's ``get_bn_before_relu``."""
 
+    classifier_module = "classifier"
+
     def __init__(self, expand_ratio: int = 6, width_mult: float = 0.5, num_classes: int = 10,
                  in_chans: int = 3) -> None:
         super().__init__()
@@ -117,20 +119,10 @@ class MobileNetV2(FeatureNet):
         self.conv2 = _conv_bn_relu(in_ch, last_channel, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(last_channel, num_classes))
         self.feature_info = FeatureInfo(stages=tuple(stages), pool=last_channel,
-                                        logits=num_classes, stem=StageInfo(stem_width, 2))
+                                        logits=num_classes, stem=StageInfo(stem_width, 2),
+                                        pre_pool=last_channel)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear="normal")
 
     def forward_features(self, x: Tensor) -> RawFeatures:
         x = stem = self.conv1(x)
@@ -139,9 +131,10 @@ class MobileNetV2(FeatureNet):
             x = group(x)
             if index in _STAGE_GROUPS:
                 stages.append(x)
-        pool = F.adaptive_avg_pool2d(self.conv2(x), 1).flatten(1)
-        return {"stem": stem, "stages": stages, "stages_pre": list(stages), "pool": pool,
-                "logits": self.classifier(pool)}
+        pre_pool = self.conv2(x)
+        pool = F.adaptive_avg_pool2d(pre_pool, 1).flatten(1)
+        return {"stem": stem, "stages": stages, "stages_pre": list(stages), "pre_pool": pre_pool,
+                "pool": pool, "logits": self.classifier(pool)}
 
 
 @register_model("MobileNetV2", family="mobilenetv2", aliases=("mobile_half", "mobilenetv2"))

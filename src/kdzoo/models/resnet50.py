@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .features import FeatureInfo, FeatureNet, RawFeatures, StageInfo
+from ._init import init_weights
 from .registry import register_model
 
 
@@ -67,6 +68,8 @@ class ResNetBottleneck(FeatureNet):
     ReLU, the pooled feature and the logits; the BatchNorm before each stage's last ReLU is that
     block's ``bn3`` (``get_bn_before_relu``)."""
 
+    classifier_module = "linear"
+
     def __init__(self, blocks: tuple[int, int, int, int] = (3, 4, 6, 3), num_classes: int = 10,
                  in_chans: int = 3) -> None:
         super().__init__()
@@ -88,14 +91,9 @@ class ResNetBottleneck(FeatureNet):
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.linear = nn.Linear(in_ch, num_classes)
         self.feature_info = FeatureInfo(stages=tuple(stages), pool=in_ch, logits=num_classes,
-                                        stem=StageInfo(stem_width, 1))
+                                        stem=StageInfo(stem_width, 1), pre_pool=in_ch)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights(self)
 
     def forward_features(self, x: Tensor) -> RawFeatures:
         x = stem = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -108,8 +106,8 @@ class ResNetBottleneck(FeatureNet):
             stages_pre.append(pre)
             stages.append(x)
         pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pool": pool,
-                "logits": self.linear(pool)}
+        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pre_pool": x,
+                "pool": pool, "logits": self.linear(pool)}
 
 
 @register_model("ResNet50", family="resnet-bottleneck", aliases=("resnet50",))

@@ -155,6 +155,8 @@ class _ShuffleNet(FeatureNet):
     RepDistiller's ``get_bn_before_relu`` raises NotImplementedError for the ShuffleNets, so no
     stage names a BatchNorm."""
 
+    classifier_module = "linear"
+
     layer1: nn.Sequential
     layer2: nn.Sequential
     layer3: nn.Sequential
@@ -171,9 +173,10 @@ class _ShuffleNet(FeatureNet):
             x, pre = layer[-1].forward_with_preact(x)
             stages.append(x)
             stages_pre.append(pre)
-        pool = F.adaptive_avg_pool2d(self._head(x), 1).flatten(1)
-        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pool": pool,
-                "logits": self.linear(pool)}
+        pre_pool = self._head(x)
+        pool = F.adaptive_avg_pool2d(pre_pool, 1).flatten(1)
+        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pre_pool": pre_pool,
+                "pool": pool, "logits": self.linear(pool)}
 
 
 class ShuffleNetV1(_ShuffleNet):
@@ -198,7 +201,7 @@ class ShuffleNetV1(_ShuffleNet):
         self.linear = nn.Linear(in_ch, num_classes)
         self.feature_info = FeatureInfo(
             stages=tuple(StageInfo(w, 2 ** (i + 1), preact=True) for i, w in enumerate(widths)),
-            pool=in_ch, logits=num_classes, stem=StageInfo(_STEM_WIDTH, 1))
+            pool=in_ch, logits=num_classes, stem=StageInfo(_STEM_WIDTH, 1), pre_pool=in_ch)
 
 
 class ShuffleNetV2(_ShuffleNet):
@@ -225,7 +228,8 @@ class ShuffleNetV2(_ShuffleNet):
         self.linear = nn.Linear(head_width, num_classes)
         self.feature_info = FeatureInfo(
             stages=tuple(StageInfo(w, 2 ** (i + 1), preact=True) for i, w in enumerate(widths)),
-            pool=head_width, logits=num_classes, stem=StageInfo(_STEM_WIDTH, 1))
+            pool=head_width, logits=num_classes, stem=StageInfo(_STEM_WIDTH, 1),
+            pre_pool=head_width)
 
     def _head(self, x: Tensor) -> Tensor:
         return F.relu(self.bn2(self.conv2(x)), inplace=True)

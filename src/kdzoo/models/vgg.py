@@ -33,7 +33,6 @@ normal, fan out) and biases 0, BatchNorm weight 1 and bias 0, the linear layer's
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.fx
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .features import FeatureInfo, FeatureNet, RawFeatures, StageInfo
+from ._init import init_weights
 from .registry import register_model
 
 #: Output widths of the convolutions of each of the five groups.
@@ -81,6 +81,8 @@ class VGG(FeatureNet):
     * ``pool``: the globally averaged ``block4`` output (f5).
     """
 
+    classifier_module = "classifier"
+
     def __init__(self, config: tuple[tuple[int, ...], ...], num_classes: int = 10,
                  in_chans: int = 3) -> None:
         super().__init__()
@@ -97,20 +99,9 @@ class VGG(FeatureNet):
                                    bn_before_relu=f"block{index + 1}.{len(stage) - 1}")
                          for index, (group, reduction, stage)
                          in enumerate(zip(config[1:], (2, 4, 8, 8), stages))),
-            pool=width, logits=num_classes, stem=StageInfo(config[0][-1], 1))
+            pool=width, logits=num_classes, stem=StageInfo(config[0][-1], 1), pre_pool=width)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, 0.01)
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear="normal")
 
     def forward_features(self, x: Tensor) -> RawFeatures:
         images = x
@@ -124,8 +115,8 @@ class VGG(FeatureNet):
             stages_pre.append(pre)
             stages.append(x)
         pool = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pool": pool,
-                "logits": self.classifier(pool)}
+        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pre_pool": x,
+                "pool": pool, "logits": self.classifier(pool)}
 
 
 def pool3(x: Tensor, images: Tensor) -> Tensor:

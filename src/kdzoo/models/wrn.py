@@ -24,13 +24,13 @@ seed gives the same initial weights.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .features import FeatureInfo, FeatureNet, RawFeatures, StageInfo
+from ._init import init_weights
 from .registry import register_model
 
 
@@ -119,17 +119,10 @@ class WideResNet(FeatureNet):
         self.feature_info = FeatureInfo(
             stages=tuple(StageInfo(width, 2**index, preact=True, bn_before_relu=bn)
                          for index, (width, bn) in enumerate(zip(widths, bn_names))),
-            pool=widths[2], logits=num_classes, stem=StageInfo(stem_width, 1))
+            pool=widths[2], logits=num_classes, stem=StageInfo(stem_width, 1),
+            pre_pool=widths[2])
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
+        init_weights(self, linear="zero_bias")
 
     def forward_features(self, x: Tensor) -> RawFeatures:
         x = stem = self.conv1(x)
@@ -147,9 +140,10 @@ class WideResNet(FeatureNet):
             stages.append(x)
         normed = self.bn1(x)
         stages_pre.append(normed)
-        pool = F.adaptive_avg_pool2d(F.relu(normed), 1).flatten(1)
-        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pool": pool,
-                "logits": self.fc(pool)}
+        pre_pool = F.relu(normed)
+        pool = F.adaptive_avg_pool2d(pre_pool, 1).flatten(1)
+        return {"stem": stem, "stages": stages, "stages_pre": stages_pre, "pre_pool": pre_pool,
+                "pool": pool, "logits": self.fc(pool)}
 
 
 def _define(depth: int, widen: int) -> None:
