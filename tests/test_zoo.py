@@ -170,6 +170,9 @@ def test_labels_name_variants_of_one_method(tmp_path):
     assert set(runs) == {"crd", "crd+kd"}
     assert runs["crd"].published["top1"] == 90.0 and runs["crd+kd"].published["top1"] == 91.0
     assert runs["crd+kd"].config.loss.kd == 1 and runs["crd+kd"].label == "crd+kd"
+    spec["cells"] = "published"
+    spec["published"] = spec["published"][1:]
+    assert [r.name.split("-")[0] for r in expand(spec, tmp_path)] == ["crd+kd"]
     spec["methods"] = [{"name": "crd", "label": "crd kd"}]
     with pytest.raises(ConfigError, match="label 'crd kd' of crd must be letters"):
         expand(spec, tmp_path)

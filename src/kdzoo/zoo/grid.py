@@ -24,6 +24,7 @@ A grid file (``kdzoo zoo --grid grid.yaml``; the packaged grids are ``kdzoo list
     published:                    # published numbers, shown by `kdzoo report` (optional)
       - {method: crd, teacher: resnet110, student: resnet20, data: cifar100, top1: 71.46,
          metric: last, source: "RepDistiller README"}
+    cells: all                    # or "published": only the runs that have a published number
 
 Every teacher the grid does not get as a checkpoint is a run of the grid too (the ``baseline``
 method with the teacher as student, seed ``teacher_seed``, default 0), trained once and reused
@@ -54,7 +55,7 @@ from ..methods import METHODS, method_defaults
 from ..registry import did_you_mean
 
 GRID_KEYS = {"data", "seeds", "preset", "settings", "teacher_settings", "teacher_seed",
-             "pairs", "teachers", "methods", "published", "description"}
+             "pairs", "teachers", "methods", "published", "description", "cells"}
 #: Config keys that identify a run (its folder name says them) or do not change its result.
 IDENTITY_KEYS = {"method.name", "teacher.name", "teacher.checkpoint", "teacher.untrained",
                  "student.name", "data.name", "seed", "out", "device", "log_interval",
@@ -218,6 +219,9 @@ def expand(spec: dict[str, Any], root: str | Path) -> Grid:
     # Hyper-parameters set for the whole grid go to the methods that have them.
     shared_params = base.pop("method", None) or {}
     unused = set(shared_params)
+    cells = spec.get("cells", "all")
+    if cells not in ("all", "published"):
+        raise ConfigError(f"grid cells must be 'all' or 'published', got {cells!r}")
     given = spec.get("teachers") or {}
     teacher_seed = int(spec.get("teacher_seed", 0))
     runs: dict[str, RunPlan] = {}
@@ -265,6 +269,10 @@ def expand(spec: dict[str, Any], root: str | Path) -> Grid:
                 if uses_teacher and teacher is None:
                     raise ConfigError(f"method {method} needs a teacher: give the pair a "
                                       "teacher (--teacher NAME)")
+                shown = teacher if uses_teacher else None
+                published = _published(spec, label or method, shown, student, data)
+                if cells == "published" and published is None:
+                    continue
                 for seed in seeds:
                     overrides = deep_merge(settings[""], settings.get(data) or {})
                     needs: list[str] = []
@@ -275,10 +283,9 @@ def expand(spec: dict[str, Any], root: str | Path) -> Grid:
                             "name": teacher, "checkpoint": checkpoint}})
                     elif uses_teacher:  # a peer trained from scratch (DML)
                         overrides = deep_merge(overrides, {"teacher": {"name": teacher}})
-                    shown = teacher if uses_teacher else None
                     run = plan("run", method, shown, student, data, seed, overrides, needs,
                                teacher_id, label)
-                    run.published = _published(spec, label or method, shown, student, data)
+                    run.published = published
     if unused:
         raise ConfigError(f"no method of the grid has the hyper-parameter "
                           f"'{sorted(unused)[0]}': check --set method.{sorted(unused)[0]}")
