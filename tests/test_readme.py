@@ -22,8 +22,13 @@ def kdzoo_commands():
             line = line.split("#")[0].strip()
             for part in line.split("&&"):
                 part = part.strip()
+                words = shlex.split(part) if part else []
                 if part.startswith("kdzoo "):
-                    commands.append(shlex.split(part)[1:])
+                    commands.append(words[1:])
+                elif "-m" in words and "kdzoo" in words:  # torchrun ... -m kdzoo ARGS
+                    start = words.index("-m")
+                    if words[start + 1] == "kdzoo":
+                        commands.append(words[start + 2:])
     return commands
 
 

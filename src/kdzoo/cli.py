@@ -79,6 +79,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files (RUN_DIR/tensorboard) of every loss "
                         "term and metric")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics of the global batch, synchronised "
+                        "across processes (as one process would compute them)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the student and the frozen teacher (start-up cost)")
@@ -114,6 +117,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("data", "download"): args.download or None,
         ("data", "val_split"): args.val_split,
         ("tensorboard",): args.tensorboard or None,
+        ("sync_bn",): getattr(args, "sync_bn", False) or None,
         ("optim", "epochs"): args.epochs,
         ("optim", "batch_size"): args.batch_size,
         ("optim", "lr"): args.lr,
@@ -144,6 +148,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
+    from .distributed import launched_rank
     from .engine import fit
 
     config_file = args.config
@@ -156,9 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit(config, resume=args.resume, overwrite=args.overwrite,
                  progress=False if args.no_progress else None)
     s = result.summary
-    log.info("done: best test top-1 %.2f%% (epoch %s), last %.2f%%; student in %s",
-             s["best_top1"] or 0.0, s["best_top1_epoch"], s["last_top1"] or 0.0,
-             result.path / "student.pt")
+    if launched_rank() == 0:  # under torchrun, rank 0 speaks for the run
+        log.info("done: best test top-1 %.2f%% (epoch %s), last %.2f%%; student in %s",
+                 s["best_top1"] or 0.0, s["best_top1_epoch"], s["last_top1"] or 0.0,
+                 result.path / "student.pt")
     return 0
 
 

@@ -98,6 +98,7 @@ class TrainConfig:
     fold_teacher_bn: bool = True    # the frozen teacher runs with BatchNorm folded into its convs
     inference_chunk: int | None = None  # teacher/eval images per forward (None: 32 CPU, all GPU)
     # Opt-in speed-ups that change numerics or cost start-up time:
+    sync_bn: bool = False           # under torchrun: BatchNorm statistics of the global batch
     compile: bool = False           # torch.compile the student and the frozen teacher
     amp: str | None = None          # bf16 or fp16 autocast (fp16 needs CUDA)
     cudnn_benchmark: bool = False   # cuDNN autotuning (CUDA; not bit-reproducible)

@@ -3,6 +3,8 @@
 The order and augmentation of epoch ``e`` come from a generator seeded with
 ``derive_seed(seed, "data", e)``: the same seed gives the same batches, and a run resumed at
 any epoch (or step) continues with exactly the batches the uninterrupted run would have used.
+Under DDP every rank draws the same plan and takes its contiguous slice of each global batch
+(:func:`kdzoo.distributed.shard_sizes`), so global batch k is the same at any world size.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from ..distributed import shard_sizes
 from ..seeding import generator
 from .augment import Normalize, crop_flip
 from .base import AugmentSpec, ImageDataset
@@ -31,9 +34,35 @@ class Batch:
     flips: Tensor | None = None
     #: extra augmented views of the same images, by name (``"strong"``: MLKD's RandAugment view)
     views: dict[str, Tensor] = field(default_factory=dict)
+    #: Under DDP: the indices of the whole global batch, how it splits over the ranks and this
+    #: rank (None / () / 0 for a batch that is the whole batch).
+    global_indices: Tensor | None = None
+    shard_sizes: tuple[int, ...] = ()
+    rank: int = 0
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def global_size(self) -> int:
+        return sum(self.shard_sizes) if self.shard_sizes else len(self)
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """This rank's (start, end) in the global batch."""
+        if not self.shard_sizes:
+            return 0, len(self)
+        start = sum(self.shard_sizes[: self.rank])
+        return start, start + self.shard_sizes[self.rank]
+
+    @property
+    def loss_scale(self) -> float:
+        """What this rank's mean loss is multiplied by before backward so that DDP's average of
+        the ranks' gradients is the gradient of the global batch's mean loss (1 unless the
+        global batch splits unevenly, as a last batch may)."""
+        if not self.shard_sizes:
+            return 1.0
+        return len(self) * len(self.shard_sizes) / self.global_size
 
 
 @dataclass
@@ -45,13 +74,24 @@ class EpochPlan:
     flips: Tensor | None
 
 
-def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
-    """Batch (start, end) pairs; a last batch of a single image is merged into the one before,
-    since BatchNorm cannot train on one sample."""
+def batch_bounds(count: int, batch_size: int, world: int = 1) -> list[tuple[int, int]]:
+    """Batch (start, end) pairs; a last batch too small to give every one of ``world`` ranks two
+    images is merged into the one before, since BatchNorm cannot train on one sample."""
     bounds = [(s, min(s + batch_size, count)) for s in range(0, count, batch_size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * world:
         bounds[-2:] = [(bounds[-2][0], count)]
     return bounds
+
+
+def shard_bounds(start: int, end: int, rank: int, world: int
+                 ) -> tuple[int, int, tuple[int, ...]]:
+    """This rank's (start, end) within the global batch [start, end), and how the batch splits
+    over the ranks (``()`` for one process, whose slice is the whole batch)."""
+    if world == 1:
+        return start, end, ()
+    sizes = shard_sizes(end - start, world)
+    first = start + sum(sizes[:rank])
+    return first, first + sizes[rank], sizes
 
 
 def strong_view(images: Tensor, spec: AugmentSpec, gen: torch.Generator) -> Tensor:
@@ -105,24 +145,31 @@ class BatchLoader:
         return images
 
     def train_batches(self, seed: int, epoch: int, start_step: int = 0,
-                      views: tuple[str, ...] = ()) -> Iterator[Batch]:
+                      views: tuple[str, ...] = (), rank: int = 0,
+                      world: int = 1) -> Iterator[Batch]:
         """The augmented training batches of ``epoch`` (1-based), from ``start_step`` on, with
-        the extra ``views`` a method asks for (see :data:`EXTRA_VIEWS`)."""
+        the extra ``views`` a method asks for (see :data:`EXTRA_VIEWS`); with ``world`` > 1,
+        this ``rank``'s slice of each global batch."""
         plan = self.epoch_plan(seed, epoch)
         pad = self.data.augment.pad
-        bounds = batch_bounds(len(plan.order), self.batch_size)
+        bounds = batch_bounds(len(plan.order), self.batch_size, world)
         for step, (start, end) in enumerate(bounds[start_step:], start=start_step):
-            index = plan.order[start:end].to(self.device)
-            offsets = plan.offsets[start:end].to(self.device)
-            flips = plan.flips[start:end].to(self.device) if plan.flips is not None else None
+            whole = plan.order[start:end].to(self.device)
+            lo, hi, sizes = shard_bounds(start, end, rank, world)
+            index = plan.order[lo:hi].to(self.device)
+            offsets = plan.offsets[lo:hi].to(self.device)
+            flips = plan.flips[lo:hi].to(self.device) if plan.flips is not None else None
             raw = self.data.train_images[index]
             if pad or flips is not None:
                 raw = crop_flip(raw, offsets, flips, pad)
+            # Extra views are drawn for the global batch and sliced: a rank's images get the
+            # same views at any world size.
             extra = {name: self._finish(EXTRA_VIEWS[name](
-                self.data.train_images[index], self.data.augment,
-                generator(seed, "view", name, epoch, step))) for name in views}
+                self.data.train_images[whole], self.data.augment,
+                generator(seed, "view", name, epoch, step))[lo - start:hi - start])
+                for name in views}
             yield Batch(self._finish(raw), self.data.train_labels[index], index, offsets, flips,
-                        extra)
+                        extra, whole if sizes else None, sizes, rank if sizes else 0)
 
     def test_batches(self, split: str = "test") -> Iterator[Batch]:
         """The test (or ``split="val"``: validation) images in order, unaugmented."""

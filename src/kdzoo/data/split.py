@@ -43,6 +43,8 @@ def carve_validation(data: ImageDataset, fraction: float) -> ImageDataset:
     if not 0 < fraction < 1:
         raise ConfigError(f"--val-split must be a fraction between 0 and 1, got {fraction}")
     val, train = stratified_choice(data.train_labels, fraction, data.name, "val", fraction)
+    if getattr(data, "streaming", False):  # a folder dataset: its file lists
+        return data.carve(val, train)  # type: ignore[attr-defined]
     return dataclasses.replace(
         data, train_images=data.train_images[train], train_labels=data.train_labels[train],
         val_images=data.train_images[val], val_labels=data.train_labels[val])
@@ -57,5 +59,7 @@ def subset_training(data: ImageDataset, count: int) -> ImageDataset:
     if count == total:
         return data
     chosen, _ = stratified_choice(data.train_labels, count / total, data.name, "subset", count)
+    if getattr(data, "streaming", False):
+        return data.subset(chosen)  # type: ignore[attr-defined]
     return dataclasses.replace(data, train_images=data.train_images[chosen],
                                train_labels=data.train_labels[chosen])

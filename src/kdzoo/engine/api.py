@@ -10,11 +10,12 @@ from typing import Any, Iterator
 
 import torch
 
+from .. import distributed
 from ..config import TrainConfig
 from ..models import FeatureNet
 from .build import build, effective_config, validate_config
 from .events import check_tensorboard
-from .rundir import LOG, RunDir
+from .rundir import LOG, NullRecorder, RunDir
 from .state import check_resume_config
 from .trainer import Trainer
 
@@ -94,25 +95,55 @@ def run_context(config: TrainConfig) -> Iterator[None]:
 
 def _fit(config: TrainConfig, resume: bool, overwrite: bool,
          progress: bool | None) -> RunResult:
+    created = not distributed.dist.is_initialized()
+    context, device = distributed.setup(config.device)
+    try:
+        return _fit_process(config, resume, overwrite, progress, context, device)
+    finally:
+        distributed.teardown(context, created)
+
+
+def _fit_process(config: TrainConfig, resume: bool, overwrite: bool, progress: bool | None,
+                 context: distributed.DistContext, device: torch.device | None) -> RunResult:
+    """One process's part of a run: the whole run, or one rank of a torchrun launch (every
+    rank checks the input, so a bad one stops them all; rank 0 alone writes)."""
     out = Path(config.out) if config.out else default_out(config, resume)
+    if context.active and not config.out and not resume:
+        out = Path(distributed.broadcast_object(str(out)))  # one folder, chosen by rank 0
     RunDir.check(out, resume, overwrite)  # fail fast, before loading any data
     if resume:
         check_resume_config(out, config.to_dict())
     if config.tensorboard:
         check_tensorboard()
-    parts = build(config)
-    run = RunDir.prepare(out, resume, overwrite)
-    run.tensorboard = config.tensorboard
-    handler = logging.FileHandler(run / LOG, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
+    parts = build(config, device, context)
+    distributed.barrier()  # rank 0 checked the folder before it may change it
+    if context.is_main:
+        run = RunDir.prepare(out, resume, overwrite)
+        run.tensorboard = config.tensorboard
+    else:
+        run = NullRecorder(out)
+    distributed.barrier()  # the folder is ready before any rank reads a checkpoint from it
+    handler = logging.FileHandler(run / LOG, encoding="utf-8") if context.is_main else None
+    level = log.level
+    if handler is not None:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    else:
+        log.setLevel(logging.WARNING)  # the other ranks say only what goes wrong
     try:
         log.info("run folder %s: %s %s -> %s on %s, seed %d", run.path, config.method.name,
                  config.teacher.name if parts.teacher is not None else "(no teacher)",
                  config.student.name, config.data.name, config.seed)
+        if context.active:
+            log.info("distributed: %d processes (%s), global batch %d = %d x %d per process%s",
+                     context.world, context.backend, config.optim.batch_size, context.world,
+                     config.optim.batch_size // context.world,
+                     ", synchronised BatchNorm" if config.sync_bn else "")
         summary = Trainer(parts, run, progress).fit(resume=resume)
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        log.setLevel(level)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
         run.close()
     return RunResult(summary, run.path, parts.student)

@@ -13,7 +13,9 @@ from ..config import TeacherConfig, TrainConfig
 from ..core import LRSchedule, Role, Stage, build_schedule
 from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.base import DATASETS
+from ..data.imagefolder import StreamingLoader
 from ..data.split import carve_validation, subset_training
+from ..distributed import SINGLE, DistContext, check_batch, convert_sync_batchnorm
 from ..errors import ConfigError
 from ..methods import METHODS, Method, MethodContext, resolve_method_params
 from ..models import FeatureNet, create_model, load_weights, model_factory
@@ -49,6 +51,14 @@ class Components:
     teacher_cache: TeacherCache | None = None  # the teacher's logits for every augmented view
     #: frozen roles without a checkpoint -> training batches their BatchNorms were calibrated on
     calibrated: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: this process's place under torchrun (one process: rank 0 of 1)
+    dist: DistContext = SINGLE
+    #: what the loop calls for a step: ``step``, wrapped in DistributedDataParallel under DDP
+    train_step: torch.nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        if self.train_step is None:
+            self.train_step = self.step
 
     @property
     def student(self) -> FeatureNet:
@@ -258,11 +268,39 @@ def check_features(method_cls: type[Method], config: TrainConfig,
                       requests[role.name], network.feature_info)
 
 
-def build(config: TrainConfig) -> Components:
-    """Everything a run needs, on its device; raises a one-line error for any bad input."""
+def check_distributed(config: TrainConfig, dist: DistContext) -> None:
+    """What DDP cannot run, refused in one line before anything is loaded."""
+    if not dist.active:
+        return
+    check_batch(config.optim.batch_size, dist.world)
+    if config.optim.dot_delta is not None:
+        raise ConfigError("DOT (optim.dot_delta) takes two backward passes per step, which "
+                          "DistributedDataParallel does not support: run it in one process")
+
+
+def wrap_ddp(step: StepModule, device: torch.device, stages: list[Stage]) -> torch.nn.Module:
+    """The step module in DistributedDataParallel: the trainable networks' and the method's
+    parameters are all-reduced; the method's buffers (CRD's banks, kept equal on every rank by
+    all-gathers, constants) are not broadcast. Multi-stage methods train part of the module at
+    a time, so DDP looks for unused parameters there (an extra graph traversal per step); every
+    single-stage method uses all its parameters in every step (checked for each registered
+    method), so it does not."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ignored = [f"method.{name}" for name, _ in step.method.named_buffers()]
+    DDP._set_params_and_buffers_to_ignore_for_model(step, ignored)
+    return DDP(step, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=len(stages) > 1)
+
+
+def build(config: TrainConfig, device: torch.device | None = None,
+          dist: DistContext = SINGLE) -> Components:
+    """Everything a run needs, on its device (``device`` overrides ``config.device``: torchrun's
+    ``cuda:LOCAL_RANK``); raises a one-line error for any bad input."""
     validate_config(config)
+    check_distributed(config, dist)
     config = effective_config(config)
-    device = resolve_device(config.device)
+    device = device if device is not None else resolve_device(config.device)
     check_amp(config, device)
     data = load_run_data(config)
     method_cls = METHODS.get(config.method.name)
@@ -270,8 +308,10 @@ def build(config: TrainConfig) -> Components:
     check_features(method_cls, config, networks)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     chunk = inference_chunk(config, device)
-    loader = BatchLoader(data, config.optim.batch_size, device, channels_last=config.channels_last,
-                         eval_batch_size=config.eval_batch_size or chunk)
+    loader_class = StreamingLoader if getattr(data, "streaming", False) else BatchLoader
+    loader = loader_class(data, config.optim.batch_size, device,  # type: ignore[arg-type]
+                          channels_last=config.channels_last,
+                          eval_batch_size=config.eval_batch_size or chunk)
     calibrated = {}
     for role in method_cls.roles:
         network = networks[role.name].to(device=device, memory_format=memory_format)
@@ -300,9 +340,22 @@ def build(config: TrainConfig) -> Components:
     schedule = build_schedule(config.optim)
     stages = method.stages(Stage("main", config.optim.epochs, schedule))
     method.to(device)
+    if config.sync_bn and dist.active:  # before the step module compiles its forwards
+        for role in method_cls.trainable_roles():
+            convert_sync_batchnorm(networks[role.name], device)
+        convert_sync_batchnorm(method, device)
     step = StepModule(method, networks, compile=config.compile, seed=config.seed,
                       loss=config.loss)
+    if getattr(data, "streaming", False) and method.views:
+        raise ConfigError(f"method {config.method.name} trains on extra views ("
+                          f"{', '.join(method.views)}) that need an in-memory dataset; "
+                          f"{data.name} has its own augmentation: use the method's standard "
+                          "protocol")
     cache = None
+    if config.teacher_cache and getattr(data, "streaming", False):
+        raise ConfigError(f"the teacher cache stores every augmented view of an image, and "
+                          f"{data.name}'s random-resized crops cannot be enumerated: run without "
+                          "--teacher-cache")
     if config.teacher_cache and teacher is not None:
         if not method_cls.can_use_teacher_cache() or method.views:
             request = method.requests["teacher"]
@@ -311,12 +364,14 @@ def build(config: TrainConfig) -> Components:
                            "or with gradients)")
             raise ConfigError(f"method {config.method.name} {reason}, so the teacher's outputs "
                               "cannot be cached: run without --teacher-cache")
-        cache = TeacherCache.for_teacher(teacher, data, config.cache_dir)
+        cache = TeacherCache.for_teacher(teacher, data, config.cache_dir,
+                                         writable=dist.is_main)
     runners = {role.name: TeacherRunner(networks[role.name], method.requests[role.name],
                                         fold_bn=config.fold_teacher_bn, compile=config.compile,
                                         memory_format=memory_format, chunk=chunk)
                for role in method_cls.frozen_roles()}
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    train_step = wrap_ddp(step, device, stages) if dist.active else step
     return Components(config, device, data, loader, networks, method, step, stages, schedule,
-                      runners, cache, calibrated)
+                      runners, cache, calibrated, dist, train_step)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -106,20 +108,19 @@ class TeacherCache:
     logits, with per-entry "filled" flags."""
 
     def __init__(self, folder: Path, num_images: int, views: ViewSpace, num_classes: int,
-                 num_test: int) -> None:
+                 num_test: int, writable: bool = True) -> None:
         self.folder = folder
         self.views = views
+        self.writable = writable  # False: lookups only (DDP ranks other than 0)
         shapes = {"train": (num_images, views.size, num_classes), "test": (num_test, num_classes),
                   "train_filled": (num_images, views.size), "test_filled": (1,)}
         meta = {"format": CACHE_FORMAT, "shapes": {k: list(v) for k, v in shapes.items()}}
-        meta_path = folder / "meta.json"
-        mode = "r+"
-        if not meta_path.is_file():
-            folder.mkdir(parents=True, exist_ok=True)
-            mode = "w+"  # new sparse files: zeros cost no disk until written
-        elif json.loads(meta_path.read_text()) != meta:
-            raise KdzooError(f"teacher cache {folder} has another layout; delete the folder")
         try:
+            if not (folder / "meta.json").is_file():
+                _create(folder, shapes, meta)
+            if json.loads((folder / "meta.json").read_text()) != meta:
+                raise KdzooError(f"teacher cache {folder} has another layout; delete the folder")
+            mode = "r+" if writable else "r"
             self.train = np.memmap(folder / "train.f16", np.float16, mode, shape=shapes["train"])
             self.test = np.memmap(folder / "test.f16", np.float16, mode, shape=shapes["test"])
             self.train_filled = np.memmap(folder / "train_filled.u8", np.uint8, mode,
@@ -128,15 +129,16 @@ class TeacherCache:
         except (OSError, ValueError) as exc:
             raise KdzooError(f"cannot open teacher cache {folder} ({exc}); delete the folder "
                              "and rerun") from None
-        if mode == "w+":
-            meta_path.write_text(json.dumps(meta))
 
     @classmethod
     def for_teacher(cls, teacher: FeatureNet, data: ImageDataset,
-                    root: str | Path | None = None) -> "TeacherCache":
+                    root: str | Path | None = None, writable: bool = True) -> "TeacherCache":
+        if getattr(data, "streaming", False):
+            raise KdzooError(f"the teacher cache cannot hold {data.name}: its random-resized "
+                             "crops cannot be enumerated (run without the teacher cache)")
         folder = Path(root or default_cache_dir()) / "teacher" / cache_key(teacher, data)
         return cls(folder, len(data.train_labels), ViewSpace.of(data.augment),
-                   teacher.num_classes, len(data.test_labels))
+                   teacher.num_classes, len(data.test_labels), writable)
 
     def filled_fraction(self) -> float:
         return float(self.train_filled.mean())
@@ -148,6 +150,8 @@ class TeacherCache:
         return torch.from_numpy(self.train[i, v].astype(np.float32)), filled
 
     def store(self, indices: Tensor, views: Tensor, logits: Tensor) -> None:
+        if not self.writable:
+            return
         i, v = indices.cpu().numpy(), views.cpu().numpy()
         self.train[i, v] = _as_float16(logits)
         self.train_filled[i, v] = 1  # after the values: a flag never precedes its data
@@ -156,11 +160,15 @@ class TeacherCache:
         return torch.from_numpy(self.test.astype(np.float32)) if self.test_filled[0] else None
 
     def store_test_logits(self, logits: Tensor) -> None:
+        if not self.writable:
+            return
         self.test[:] = _as_float16(logits)
         self.test.flush()
         self.test_filled[0] = 1
 
     def flush(self) -> None:
+        if not self.writable:
+            return
         self.train.flush()  # the values reach the disk before the flags that vouch for them
         self.train_filled.flush()
         self.test_filled.flush()
@@ -180,6 +188,28 @@ class TeacherCache:
         # view was cached before or computed now.
         cached[missing.to(images.device)] = fresh.to(torch.float16).float()
         return cached
+
+
+def _create(folder: Path, shapes: dict[str, tuple[int, ...]], meta: dict) -> None:
+    """Create the cache's empty files (sparse: zeros cost no disk until written) and meta.json
+    in a temporary folder next to ``folder``, then rename it into place; if another process
+    got there first, its folder is kept and ours discarded."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        dtypes = {"train": np.float16, "test": np.float16, "train_filled": np.uint8,
+                  "test_filled": np.uint8}
+        suffix = {"train": "f16", "test": "f16", "train_filled": "u8", "test_filled": "u8"}
+        for name, shape in shapes.items():
+            np.memmap(staging / f"{name}.{suffix[name]}", dtypes[name], "w+", shape=shape).flush()
+        (staging / "meta.json").write_text(json.dumps(meta))
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if not (folder / "meta.json").is_file():  # not a lost race: a real error
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def fill_cache(cache: TeacherCache, data: ImageDataset, runner: Callable[[Tensor], Tensor],

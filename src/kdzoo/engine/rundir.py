@@ -122,11 +122,11 @@ class RunDir:
 
 
 class NullRecorder(RunDir):
-    """A recorder that writes nothing: the loop runs, its files do not appear (``kdzoo bench``,
-    processes other than rank 0)."""
+    """A recorder that writes nothing: the loop runs, its files do not appear (``kdzoo bench``;
+    DDP ranks other than 0, which still read a checkpoint from ``path`` to resume)."""
 
-    def __init__(self) -> None:
-        super().__init__(Path(tempfile.gettempdir()) / "kdzoo-null-recorder")
+    def __init__(self, path: str | Path | None = None) -> None:
+        super().__init__(path or Path(tempfile.gettempdir()) / "kdzoo-null-recorder")
 
     def write_config(self, text: str) -> None:
         pass

@@ -97,6 +97,7 @@ def make_summary(trainer: "Trainer", wall_seconds: float, finished: bool) -> dic
         "wall_seconds": wall_seconds,
         "train_seconds": sum(r["time"]["train_seconds"] for r in history),
         "device": str(parts.device),
+        "world_size": parts.dist.world,  # processes (torchrun) that trained it together
         "versions": {"kdzoo": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }

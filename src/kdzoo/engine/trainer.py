@@ -11,6 +11,10 @@ Multi-stage methods declare their stages (:meth:`Method.stages`); this loop runs
 each with its own schedule, loss multipliers and (possibly shared) optimiser. After every epoch
 the complete state is checkpointed atomically, so ``--resume`` continues exactly where the run
 stopped.
+
+Under torchrun (:mod:`kdzoo.distributed`) each process trains on its slice of every global
+batch through the DDP-wrapped step module; epoch sums and accuracies are all-reduced, rank 0
+evaluates and every rank receives its result, and only rank 0's recorder writes.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .. import distributed
 from ..data.loader import Batch
 from ..core import Stage
 from ..models import Features
@@ -54,7 +59,9 @@ class Trainer:
     def __init__(self, parts: Components, run: RunDir, progress: bool | None = None) -> None:
         self.parts = parts
         self.run = run
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.dist = parts.dist
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and \
+            self.dist.is_main
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.saved_optimizer_states: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
@@ -136,7 +143,9 @@ class Trainer:
         if self.parts.method.needs_input_grad:
             batch.images.requires_grad_(True)
         frozen = self.frozen_features(batch) if stage.method_weight != 0 else {}
-        return self.parts.step(batch, stage, epoch, step_index, frozen, self.parts.teacher_runners)
+        step = self.parts.train_step
+        assert step is not None
+        return step(batch, stage, epoch, step_index, frozen, self.parts.teacher_runners)
 
     def begin_epoch(self, stage: Stage, lr: float) -> "EpochSetup":
         """Set the learning rate and the train/eval modes for an epoch of ``stage``."""
@@ -163,7 +172,9 @@ class Trainer:
             return self._dot_step(setup, terms, loss, logits, step_index)
         for optimizer in setup.optimizers:
             optimizer.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler else loss).backward()
+        # Under DDP, a rank's share of an unevenly split batch weighs by its size.
+        scaled = loss * batch.loss_scale if batch.loss_scale != 1.0 else loss
+        (scaler.scale(scaled) if scaler else scaled).backward()
         # With loss scaling, infinite gradients are expected now and then: the scaler skips
         # those steps itself, so only the loss terms are checked.
         if not setup.guard.check(self.global_epoch + 1, step_index, terms,
@@ -211,7 +222,8 @@ class Trainer:
         seen = 0
         start = time.perf_counter()
         batches = loader.train_batches(parts.config.seed, self.global_epoch + 1,
-                                       views=parts.method.views)
+                                       views=parts.method.views, rank=self.dist.rank,
+                                       world=self.dist.world)
         bar = tqdm(batches, total=loader.steps_per_epoch, disable=not self.progress, leave=False,
                    desc=f"epoch {self.global_epoch + 1} [{stage.name}]", file=sys.stderr)
         for step_index, batch in enumerate(bar):
@@ -233,6 +245,17 @@ class Trainer:
         setup.guard.flush(self.global_epoch + 1)
         if parts.teacher_cache is not None:
             parts.teacher_cache.flush()
+        if self.dist.active:  # every rank's images: sums, correct counts and image counts
+            names = list(sums)
+            packed = torch.cat([torch.stack([sums[n].double() for n in names]) if names else
+                                torch.zeros(0, dtype=torch.float64, device=loader.device),
+                                correct.double(), torch.tensor([float(seen)],
+                                                               dtype=torch.float64,
+                                                               device=loader.device)])
+            packed = distributed.all_reduce_sum(packed)
+            sums = dict(zip(names, packed[: len(names)]))
+            correct = packed[len(names): len(names) + 2].round().long()
+            seen = int(packed[-1].item())
         seconds = time.perf_counter() - start
         if seen == 0:
             raise NonFiniteError(f"every batch of epoch {self.global_epoch + 1} had a NaN or "
@@ -249,7 +272,13 @@ class Trainer:
                 "train": train, "time": {"train_seconds": seconds}}
 
     def check_teacher(self) -> dict[str, float]:
-        """The frozen teacher's test accuracy (from the cache when it holds the test logits)."""
+        """The frozen teacher's test accuracy (from the cache when it holds the test logits);
+        under DDP computed by rank 0 and given to every rank."""
+        if not self.dist.is_main:
+            return distributed.broadcast_object(None)
+        return distributed.broadcast_object(self._check_teacher())
+
+    def _check_teacher(self) -> dict[str, float]:
         parts = self.parts
         labels = parts.loader.data.test_labels
         cache = parts.teacher_cache
@@ -265,7 +294,14 @@ class Trainer:
     def evaluate_epoch(self) -> dict[str, Any]:
         """Top-1/top-5 and loss of every trainable role on the test split and, when the run
         has one, the validation split: ``{"test": {...}, "val": {...}, "peers": {role:
-        {"test": {...}, "val": {...}}}, "time": {"eval_seconds"}}`` (the student's at the top)."""
+        {"test": {...}, "val": {...}}}, "time": {"eval_seconds"}}`` (the student's at the top).
+        Under DDP rank 0 evaluates (its networks are every rank's, its BatchNorm statistics
+        are those DDP gives every rank) and every rank receives the same record."""
+        if not self.dist.is_main:
+            return distributed.broadcast_object(None)
+        return distributed.broadcast_object(self._evaluate_epoch())
+
+    def _evaluate_epoch(self) -> dict[str, Any]:
         parts = self.parts
         start = time.perf_counter()
         splits = ["test"] + (["val"] if parts.data.val_labels is not None else [])
@@ -313,7 +349,8 @@ class Trainer:
                     self.stage_index, self.stage_epoch = index + 1, 0
                 self.history.append(record)
                 wall = self.wall_before + time.perf_counter() - started
-                self.run.save_checkpoint(run_state(self, wall))
+                if self.dist.is_main:
+                    self.run.save_checkpoint(run_state(self, wall))
                 self.run.record_epoch(record)
                 self.run.write_summary(make_summary(self, wall, finished=False))
                 log.info(epoch_line(record, total_epochs))
@@ -323,4 +360,5 @@ class Trainer:
                             method=parts.config.method.name)
         summary = make_summary(self, wall, finished=True)
         self.run.write_summary(summary)
+        distributed.barrier()  # no rank leaves before rank 0 has written the run's files
         return summary

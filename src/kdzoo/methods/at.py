@@ -58,8 +58,7 @@ class AttentionTransfer(Method):
                          infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
         if params.variant != "repdistiller":  # type: ignore[attr-defined]
             return super().feature_requests(params, infos)
-        request = FeatureRequest(stages="all").resolve(*(infos.get(r.name) for r in cls.roles))
-        return {role.name: request for role in cls.roles}
+        return cls.every_stage_requests(infos)
 
     def forward(self, student: Features, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:

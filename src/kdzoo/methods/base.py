@@ -49,12 +49,17 @@ class MethodParams:
     hyper-parameters, typed, with the method's defaults. ``check`` raises a one-line
     :class:`ConfigError` for values out of range (types are checked from the annotations)."""
 
+    #: Defaults that a ``variant`` hyper-parameter's value brings (RepDistiller's weights when
+    #: ``variant="repdistiller"``), for the hyper-parameters the user leaves unset.
+    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
     def check(self, method: str) -> None:
         """Refuse values out of range; called once the types are checked."""
 
     @classmethod
     def build(cls, method: str, values: dict[str, Any]) -> "MethodParams":
         """The defaults updated with ``values``: unknown keys and wrong types are refused."""
+        values = {**cls.variant_defaults.get(values.get("variant"), {}), **values}
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]
         checked = {}
@@ -154,6 +159,13 @@ class Method(nn.Module):
                 else cls.teacher_needs
             resolved[role.name] = request.resolve(*(infos.get(r.name) for r in cls.roles))
         return resolved
+
+    @classmethod
+    def every_stage_requests(cls, infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+        """Every role asks for all the stages every network has (aligned from the end): what
+        RepDistiller's variants of AT and NST compare."""
+        request = FeatureRequest(stages="all").resolve(*(infos.get(r.name) for r in cls.roles))
+        return {role.name: request for role in cls.roles}
 
     @classmethod
     def can_use_teacher_cache(cls) -> bool:

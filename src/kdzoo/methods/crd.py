@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import distributed
 from .. import functional as KF
 from ..errors import ConfigError
 from ..models.features import FeatureRequest, Features
@@ -74,6 +75,11 @@ class ContrastiveRepresentationDistillation(Method):
     Student and teacher may have any widths (each has its own embedding); the banks take
     2 x N_data x feat_dim floats (51 MB for CIFAR) and are saved in checkpoints.
 
+    Under DDP (torchrun) a run does not depend on the number of processes: the positives and
+    negatives are drawn for the whole global batch and each rank takes its slice; the
+    normalisers are the global batch's mean; every rank updates its banks with the embeddings
+    of all ranks (all-gathered), so the banks stay equal everywhere.
+
     ``variant="repdistiller"``: the authors' RepDistiller settings (github.com/HobbitLong/
     RepDistiller, ``train_student.py``, ``crd/criterion.py``, ``crd/memory.py``,
     ``dataset/cifar100.py``, ``scripts/run_cifar_distill.sh``). Its code is the one the reference
@@ -104,12 +110,8 @@ class ContrastiveRepresentationDistillation(Method):
         nce_mom: float = 0.5
         mode: Literal["exact", "relax"] = "exact"
         variant: Literal["reference", "repdistiller"] = "reference"
-
-        @classmethod
-        def build(cls, method: str, values: dict[str, Any]) -> MethodParams:
-            if values.get("variant") == "repdistiller":
-                values = {**REPDISTILLER_DEFAULTS, **values}
-            return super().build(method, values)
+        variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+            "repdistiller": REPDISTILLER_DEFAULTS}
 
         def check(self, method: str) -> None:
             if self.nce_k < 1 or self.feat_dim < 1 or self.nce_t <= 0:
@@ -205,24 +207,36 @@ class ContrastiveRepresentationDistillation(Method):
         assert teacher is not None
         embedded_s = self.embed_s(student.pool)
         embedded_t = self.embed_t(teacher.pool)  # no_grad features, but embed_t learns
-        indices = step.batch.indices.to(device=self.memory_s.device, dtype=torch.long)
-        sample = self.sample_indices(indices, step.generator("crd", self.memory_s.device))
+        batch, device = step.batch, self.memory_s.device
+        whole = batch.global_indices if batch.global_indices is not None else batch.indices
+        whole = whole.to(device=device, dtype=torch.long)
+        start, end = batch.shard
+        # Drawn for the global batch (the same draws at any world size), then this rank's rows.
+        sample = self.sample_indices(whole, step.generator("crd", device))[start:end]
         # Teacher as anchor against the student bank, and the student against the teacher bank.
         scores_t = KF.contrastive_memory_scores(self.memory_s, embedded_t, sample, self.nce_t)
         scores_s = KF.contrastive_memory_scores(self.memory_t, embedded_s, sample, self.nce_t)
-        scores_t = scores_t / self._normalizer("z_t", scores_t)
-        scores_s = scores_s / self._normalizer("z_s", scores_s)
-        self._update_memory(indices, embedded_t, embedded_s)
+        scores_t = scores_t / self._normalizer("z_t", scores_t, batch.global_size)
+        scores_s = scores_s / self._normalizer("z_s", scores_s, batch.global_size)
+        if batch.shard_sizes:  # every rank updates its banks with the whole global batch
+            embedded_t, embedded_s = (distributed.all_gather_rows(e.detach(), batch.shard_sizes)
+                                      for e in (embedded_t, embedded_s))
+        self._update_memory(whole, embedded_t, embedded_s)
         loss = KF.contrastive_nce_loss(scores_s, self.num_data) + \
             KF.contrastive_nce_loss(scores_t, self.num_data)
         return {"crd": self.params.weight * loss}
 
     @torch.no_grad()
-    def _normalizer(self, name: str, scores: Tensor) -> Tensor:
+    def _normalizer(self, name: str, scores: Tensor, global_size: int) -> Tensor:
         """Z = mean(scores) * N_data, fixed on the first batch (buffer ``name`` is -1 until
-        then); chosen on the device, without a host sync."""
+        then; the mean is over the global batch under DDP); chosen on the device, without a
+        host sync (but for the all-reduce under DDP)."""
         stored: Tensor = getattr(self, name)
-        first = (scores.mean() * self.num_data).to(stored.dtype)
+        if global_size != scores.shape[0]:
+            total = distributed.all_reduce_sum(scores.sum().reshape(1).clone())[0]
+            first = (total / (global_size * scores.shape[1]) * self.num_data).to(stored.dtype)
+        else:
+            first = (scores.mean() * self.num_data).to(stored.dtype)
         z = torch.where(stored > 0, stored, first)
         stored.copy_(z)
         return z.to(scores.dtype)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -103,12 +103,8 @@ class FitNet(Method):
     class Params(MethodParams):
         weight: float = 0.1
         variant: Literal["reference", "repdistiller"] = "reference"
-
-        @classmethod
-        def build(cls, method: str, values: dict[str, Any]) -> MethodParams:
-            if values.get("variant") == "repdistiller":
-                values = {**REPDISTILLER_DEFAULTS, **values}
-            return super().build(method, values)
+        variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+            "repdistiller": REPDISTILLER_DEFAULTS}
 
     @classmethod
     def feature_requests(cls, params: MethodParams,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -57,20 +57,15 @@ class NeuronSelectivityTransfer(Method):
     class Params(MethodParams):
         weight: float = 10.0
         variant: Literal["reference", "repdistiller"] = "reference"
-
-        @classmethod
-        def build(cls, method: str, values: dict[str, Any]) -> MethodParams:
-            if values.get("variant") == "repdistiller":
-                values = {**REPDISTILLER_DEFAULTS, **values}
-            return super().build(method, values)
+        variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+            "repdistiller": REPDISTILLER_DEFAULTS}
 
     @classmethod
     def feature_requests(cls, params: MethodParams,
                          infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
         if params.variant != "repdistiller":  # type: ignore[attr-defined]
             return super().feature_requests(params, infos)
-        request = FeatureRequest(stages="all").resolve(*(infos.get(r.name) for r in cls.roles))
-        return {role.name: request for role in cls.roles}
+        return cls.every_stage_requests(infos)
 
     def forward(self, student: Features, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -46,12 +46,8 @@ class ProbabilisticKnowledgeTransfer(Method):
     class Params(MethodParams):
         weight: float = 10000.0
         variant: Literal["reference", "repdistiller"] = "reference"
-
-        @classmethod
-        def build(cls, method: str, values: dict[str, Any]) -> MethodParams:
-            if values.get("variant") == "repdistiller":
-                values = {**REPDISTILLER_DEFAULTS, **values}
-            return super().build(method, values)
+        variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+            "repdistiller": REPDISTILLER_DEFAULTS}
 
     def forward(self, student: Features, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:

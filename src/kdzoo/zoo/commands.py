@@ -38,6 +38,9 @@ def add_zoo_parser(sub: Any) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, as separate processes sharing the CPU threads (and "
                         "GPUs) between them (default 1: one after another in this process)")
+    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="train each run with DistributedDataParallel on N processes of this "
+                        "machine (torchrun --standalone; N GPUs, or N CPU processes)")
     p.add_argument("--dry-run", action="store_true",
                    help="print one `kdzoo train` command per run still to do, teachers first, "
                         "instead of running them (for SLURM arrays, xargs -P, ...)")
@@ -78,10 +81,10 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     grid: Grid = expand(zoo_spec(args), args.out)
     if args.dry_run:
         write_grid(grid)  # the configs the commands run
-        for command in dry_run_commands(grid):
+        for command in dry_run_commands(grid, args.nproc_per_node):
             print(command)
         return 0
-    outcomes = run_grid(grid, jobs=args.jobs)
+    outcomes = run_grid(grid, jobs=args.jobs, nproc=args.nproc_per_node)
     failures = failure_lines(outcomes)
     if failures:
         print(f"kdzoo: {len(failures)} of {len(outcomes)} runs failed:\n" +

@@ -75,10 +75,19 @@ def write_grid(grid: Grid) -> None:
     })
 
 
-def dry_run_commands(grid: Grid) -> list[str]:
+def launcher(nproc: int, shown: bool = False) -> list[str]:
+    """The command that starts ``kdzoo``: itself, or torchrun with ``nproc`` processes on this
+    machine (``--standalone``: a free port of its own, so parallel runs never collide)."""
+    if nproc == 1:
+        return ["kdzoo"] if shown else [sys.executable, "-m", "kdzoo"]
+    run = ["torchrun"] if shown else [sys.executable, "-m", "torch.distributed.run"]
+    return [*run, "--standalone", f"--nproc_per_node={nproc}", "-m", "kdzoo"]
+
+
+def dry_run_commands(grid: Grid, nproc: int = 1) -> list[str]:
     """One ``kdzoo train`` command per run that is not finished, teachers first."""
-    return [shlex.join(["kdzoo", *train_command(grid, run)]) for run in grid
-            if status(run) != "finished"]
+    return [shlex.join([*launcher(nproc, shown=True), *train_command(grid, run)])
+            for run in grid if status(run) != "finished"]
 
 
 @dataclass
@@ -110,9 +119,9 @@ def _in_process(grid: Grid, run: RunPlan, quiet: bool = False) -> Outcome:
                    "" if code == 0 else last_log_line(run))
 
 
-def _in_subprocess(grid: Grid, run: RunPlan, env: dict[str, str]) -> Outcome:
+def _in_subprocess(grid: Grid, run: RunPlan, env: dict[str, str], nproc: int = 1) -> Outcome:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "kdzoo", "-q", *train_command(grid, run)],
+    done = subprocess.run([*launcher(nproc), "-q", *train_command(grid, run)],
                           env=env, capture_output=True, text=True, check=False)
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     return Outcome(run, done.returncode == 0, time.perf_counter() - start,
@@ -120,35 +129,38 @@ def _in_subprocess(grid: Grid, run: RunPlan, env: dict[str, str]) -> Outcome:
                        run, errors[-1] if errors else ""))
 
 
-def worker_environment(index: int, jobs: int) -> dict[str, str]:
-    """A worker's environment: its share of the CPU threads, and of the GPUs when there are
-    several (worker i sees GPU i mod count)."""
+def worker_environment(index: int, jobs: int, nproc: int = 1) -> dict[str, str]:
+    """A worker's environment: its share of the CPU threads (per process, with ``nproc``
+    processes per run), and of the GPUs when there are several (worker i sees ``nproc`` GPUs
+    starting at i x nproc, modulo the count)."""
     env = dict(os.environ)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, (os.cpu_count() or 1) // (jobs * nproc))
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.device_count() > 1 and \
-            "CUDA_VISIBLE_DEVICES" not in os.environ:
-        env["CUDA_VISIBLE_DEVICES"] = str(index % torch.cuda.device_count())
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count > 1 and jobs > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str((index * nproc + k) % count)
+                                               for k in range(nproc))
     return env
 
 
-def run_grid(grid: Grid, jobs: int = 1,
-             report: Callable[[str], None] = log.info) -> list[Outcome]:
+def run_grid(grid: Grid, jobs: int = 1, report: Callable[[str], None] = log.info,
+             nproc: int = 1) -> list[Outcome]:
     """Run every run of ``grid`` that is not finished (see the module docstring); returns the
     outcome of each run that was started, in completion order. With ``jobs`` 1 the runs go one
     after another in this process (each under the run context that restores process-global
-    settings); with more, in worker processes."""
-    if jobs < 1:
-        raise KdzooError(f"--jobs must be positive, got {jobs}")
+    settings); with more, in worker processes; with ``nproc`` > 1 each run is a torchrun launch
+    of that many processes (DDP)."""
+    if jobs < 1 or nproc < 1:
+        raise KdzooError(f"--jobs and --nproc-per-node must be positive, got {jobs} and {nproc}")
     write_grid(grid)
     pending = [run for run in grid if status(run) != "finished"]
     report(f"zoo {grid.root}: {len(grid.runs)} runs, {len(grid.runs) - len(pending)} finished, "
            f"{len(pending)} to run" + (f" ({jobs} at once)" if jobs > 1 and pending else ""))
     quiet = not log.isEnabledFor(logging.INFO)
     state = _Progress(grid, pending, report)
-    if jobs == 1:
+    if jobs == 1 and nproc == 1:
         while (run := state.next_ready()) is not None:
             state.finish(_in_process(grid, run, quiet))
         return state.outcomes
@@ -159,7 +171,7 @@ def run_grid(grid: Grid, jobs: int = 1,
             while len(running) < jobs and (run := state.next_ready()) is not None:
                 slot = slots.pop(0)
                 running[pool.submit(_in_subprocess, grid, run,
-                                    worker_environment(slot, jobs))] = slot
+                                    worker_environment(slot, jobs, nproc), nproc)] = slot
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
