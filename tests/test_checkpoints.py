@@ -106,7 +106,17 @@ def test_truncated_and_garbage_files_are_refused(tmp_path, trained_like):
     truncated.write_bytes(good.read_bytes()[:5000])
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint at all")
-    for path in (truncated, garbage):
+    # a run's log passed by mistake: the unpickler fails on it with an IndexError
+    text = tmp_path / "log.txt"
+    text.write_text("run folder runs/r: st resnet8 -> resnet8 on synthetic, seed 0\n"
+                    "epoch 1/2 [main] lr 0.05 | loss 2.3830 (ce 2.3717, st 0.0113)\n")
+    noise = []
+    for seed in range(8):
+        noise.append(tmp_path / f"noise{seed}.pth")
+        noise[-1].write_bytes(torch.randint(0, 256, (512,), dtype=torch.uint8,
+                                            generator=torch.Generator().manual_seed(seed))
+                              .numpy().tobytes())
+    for path in (truncated, garbage, text, *noise):
         with pytest.raises(CheckpointError, match="corrupt or truncated"):
             kdzoo.create_model("resnet20", checkpoint=path)
     with pytest.raises(CheckpointError, match="does not exist"):

@@ -27,6 +27,17 @@ def test_train_writes_the_run_folder_and_eval_reads_it(tmp_path, capsys):
     assert "top-1" in printed
 
 
+def test_quiet_silences_the_console_not_the_run_log(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, printed, err = run(capsys, "-q", "train", "--method", "st", "--teacher", "resnet8",
+                             "--untrained-teacher", "--student", "resnet8", "--out", str(out),
+                             *SMALL)
+    assert code == 0, err
+    assert "epoch" not in printed and "done" not in printed
+    log = (out / "log.txt").read_text()
+    assert "run folder" in log and "epoch 1/1" in log
+
+
 def test_python_dash_m_entry_point():
     import subprocess
     import sys

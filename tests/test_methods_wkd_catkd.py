@@ -11,7 +11,7 @@ from torch import nn
 import kdzoo
 from kdzoo.data.loader import Batch
 from kdzoo.engine import RunDir, Trainer, build
-from kdzoo.errors import ConfigError
+from kdzoo.errors import CheckpointError, ConfigError
 from kdzoo.functional import activation_maps as KA
 from kdzoo.functional import wasserstein as KW
 from kdzoo.methods import MethodContext, Stage, Step, create_method, method_defaults
@@ -166,6 +166,9 @@ def test_wkd_cost_file_is_loaded_sharpened_and_checked(tmp_path):
         prepare("wkd", cost="file", cost_path=str(path))
     with pytest.raises(ConfigError, match="is not a file"):
         prepare("wkd", cost="file", cost_path=str(tmp_path / "missing.pth"))
+    path.write_text("0.1 0.2\n0.3 0.4\n")  # a text matrix, not a torch.save'd tensor
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        prepare("wkd", cost="file", cost_path=str(path))
 
 
 # -------------------------------------------------------------------------------- CAT-KD

@@ -75,6 +75,9 @@ def test_run_folder_contents(make_config):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "student.pt", "checkpoint.pt",
                  "log.txt"):
         assert (result.path / name).is_file(), name
+    # complete although the test session keeps kdzoo's logger at WARNING
+    log = (result.path / "log.txt").read_text()
+    assert "run folder" in log and "epoch 2/2" in log
     summary = result.summary
     assert summary["finished"] and summary["epochs"] == 2
     assert summary["teacher_top1"] is not None

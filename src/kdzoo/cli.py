@@ -375,13 +375,17 @@ class _StdoutHandler(logging.StreamHandler):
 
 
 def _setup_logging(quiet: bool) -> None:
+    # --quiet silences the console only: the logger stays at INFO so that every run's log.txt
+    # (a file handler added for the run) is complete.
     logger = logging.getLogger("kdzoo")
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.setLevel(logging.INFO)
     logger.propagate = False
-    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+    handler = next((h for h in logger.handlers if isinstance(h, _StdoutHandler)), None)
+    if handler is None:
         handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

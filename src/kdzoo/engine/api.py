@@ -128,6 +128,8 @@ def _fit_process(config: TrainConfig, resume: bool, overwrite: bool, progress: b
     if handler is not None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
+        if not log.isEnabledFor(logging.INFO):
+            log.setLevel(logging.INFO)  # log.txt is complete whatever the caller's level
     else:
         log.setLevel(logging.WARNING)  # the other ranks say only what goes wrong
     try:

@@ -39,7 +39,7 @@ class KDSVD(Method):
 
     paper = ("Self-supervised Knowledge Distillation Using Singular Value Decomposition, Lee, Kim "
              "& Song, ECCV 2018")
-    url = "https://github.com/megvii-research/mdistiller"
+    url = "https://github.com/megvii-research/mdistiller/blob/master/mdistiller/distillers/KDSVD.py"
     needs = FeatureRequest(stages="all")
 
     @dataclass

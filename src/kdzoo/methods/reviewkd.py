@@ -106,7 +106,7 @@ class ReviewKD(Method):
     """
 
     paper = "Distilling Knowledge via Knowledge Review, Chen, Liu, Zhao & Jia, CVPR 2021"
-    url = "https://github.com/megvii-research/mdistiller"
+    url = "https://github.com/megvii-research/mdistiller/blob/master/mdistiller/distillers/ReviewKD.py"
     needs = FeatureRequest(stages="all", pool=True)
     teacher_needs = FeatureRequest(stages="all", preact=True, pool=True)
 

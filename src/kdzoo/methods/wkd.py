@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..functional import wasserstein as KW
+from ..models.checkpoint import read_checkpoint_file
 from ..models.features import FeatureInfo, FeatureRequest, Features
 from .base import Method, MethodContext, MethodParams, Step, positive
 from .catkd import classifier_weight
@@ -174,7 +175,7 @@ class WassersteinKD(Method):
     def _load_cost(self, path: str, classes: int) -> Tensor:
         if not Path(path).is_file():
             raise ConfigError(f"method {self.name}: cost_path {path} is not a file")
-        cost = torch.load(path, map_location="cpu", weights_only=True)
+        cost = read_checkpoint_file(path)  # a file that is not a tensor file: one-line error
         if not isinstance(cost, Tensor) or tuple(cost.shape) != (classes, classes):
             shape = tuple(cost.shape) if isinstance(cost, Tensor) else type(cost).__name__
             raise ConfigError(f"method {self.name}: cost_path {path} holds {shape}, not a "

@@ -47,6 +47,12 @@ def _per_epoch(row: Row, values_of: Any) -> tuple[list[int], list[float], list[f
     return epochs, [m for m, _ in stats], [s or 0.0 for _, s in stats]
 
 
+def _whole_epochs(axes: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5" ticks
+
+
 def accuracy_figure(rows: list[Row], plt: Any) -> Any:
     figure, axes = plt.subplots(figsize=(9, 5.5))
     for row in rows:
@@ -56,6 +62,7 @@ def accuracy_figure(rows: list[Row], plt: Any) -> Any:
         axes.fill_between(epochs, [m - s for m, s in zip(means, stds)],
                           [m + s for m, s in zip(means, stds)], color=line.get_color(),
                           alpha=0.15, linewidth=0)
+    _whole_epochs(axes)
     axes.set(xlabel="epoch", ylabel="test top-1 (%)",
              title="Test top-1 per epoch (mean over seeds, band: ± 1 std)")
     axes.grid(alpha=0.3)
@@ -81,6 +88,7 @@ def terms_figure(rows: list[Row], plt: Any) -> Any:
         axes.set_yscale("log")
         axes.set_title(label(row), fontsize=8)
         axes.set_xlabel("epoch", fontsize=8)
+        _whole_epochs(axes)
         axes.tick_params(labelsize=7)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
@@ -101,12 +109,16 @@ def results_figure(rows: list[Row], plt: Any) -> Any:
     axes.set_yticks(positions, [label(r) for r in rows], fontsize=7)
     axes.invert_yaxis()
     low = min((m - s for m, s in zip(means, stds)), default=0.0)
-    axes.set_xlim(max(0.0, low - 2), min(100.0, max(means, default=100.0) + 2))
+    high = max((m + s for m, s in zip(means, stds)), default=100.0)
+    # room right of the longest error bar for its label
+    axes.set_xlim(max(0.0, low - 2), min(100.0, high + 0.12 * (high - low + 4)))
     selections = {r.selection for r in rows}
     axes.set_xlabel(BEST_LABELS[selections.pop() if len(selections) == 1 else "mixed"] +
                     " (%), mean ± std over seeds")
-    for position, mean in zip(positions, means):
-        axes.text(mean, position, f" {mean:.2f}", va="center", fontsize=7)
+    for position, mean, std in zip(positions, means, stds):
+        # written after the error bar, so the bar's cap never crosses the number
+        text = f" {mean:.2f} ± {std:.2f}" if std else f" {mean:.2f}"
+        axes.text(mean + std, position, text, va="center", fontsize=7)
     axes.grid(axis="x", alpha=0.3)
     figure.tight_layout()
     return figure

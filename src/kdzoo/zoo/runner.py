@@ -107,6 +107,13 @@ def last_log_line(run: RunPlan, fallback: str = "") -> str:
     return fallback or (lines[-1] if lines else "(no log)")
 
 
+def _console_shows_info() -> bool:
+    """Whether kdzoo's console output includes progress (INFO): the CLI's --quiet sets the level
+    of its console handler, not the logger's, so that run folders always get a full log.txt."""
+    consoles = [h for h in log.handlers if not isinstance(h, logging.FileHandler)]
+    return log.isEnabledFor(logging.INFO) and all(h.level <= logging.INFO for h in consoles)
+
+
 def _in_process(grid: Grid, run: RunPlan, quiet: bool = False) -> Outcome:
     from ..cli import main
 
@@ -158,7 +165,7 @@ def run_grid(grid: Grid, jobs: int = 1, report: Callable[[str], None] = log.info
     pending = [run for run in grid if status(run) != "finished"]
     report(f"zoo {grid.root}: {len(grid.runs)} runs, {len(grid.runs) - len(pending)} finished, "
            f"{len(pending)} to run" + (f" ({jobs} at once)" if jobs > 1 and pending else ""))
-    quiet = not log.isEnabledFor(logging.INFO)
+    quiet = not _console_shows_info()
     state = _Progress(grid, pending, report)
     if jobs == 1 and nproc == 1:
         while (run := state.next_ready()) is not None:
