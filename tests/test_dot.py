@@ -6,6 +6,7 @@ import torch
 from kdzoo.engine import RunDir, Trainer, build, fit, read_metrics
 from kdzoo.engine.dot import DistillationOrientedSGD, is_task_term
 from kdzoo.errors import ConfigError
+from states import assert_same_state
 
 
 def reference_dot(params, task_grads, kd_grads, task_bufs, kd_bufs, lr, m, m_kd, wd):
@@ -92,8 +93,7 @@ def test_dot_resumes_exactly(make_config, tmp_path, crashed_and_resumed):
     whole = fit(dot_config(make_config, out=str(tmp_path / "whole")))
     resumed = crashed_and_resumed(dot_config(make_config, out=str(tmp_path / "broken")),
                                   crash_at=2)
-    for key, value in whole.student.state_dict().items():
-        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    assert_same_state(whole.student.state_dict(), resumed.student.state_dict())
     assert [m["epoch"] for m in read_metrics(resumed.path)] == [1, 2]
 
 

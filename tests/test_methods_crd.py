@@ -10,6 +10,7 @@ from kdzoo.data.loader import Batch
 from kdzoo.errors import ConfigError
 from kdzoo.methods import MethodContext, Stage, Step, create_method
 from kdzoo.models.features import FeatureInfo, Features
+from states import assert_same_state
 
 STAGE = Stage("main", 1)
 
@@ -255,8 +256,7 @@ def test_resumed_run_equals_uninterrupted_run(make_config, tmp_path, crashed_and
 
     whole = fit(config("whole"))
     resumed = crashed_and_resumed(config("broken"), crash_at=2)
-    for key, value in whole.student.state_dict().items():
-        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    assert_same_state(whole.student.state_dict(), resumed.student.state_dict())
     # The run checkpoint holds the method's state: banks, normalisers and embeddings.
     saved = torch.load(resumed.path / "checkpoint.pt", weights_only=False)["method"]
     reference = torch.load(whole.path / "checkpoint.pt", weights_only=False)["method"]

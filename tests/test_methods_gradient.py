@@ -14,6 +14,7 @@ from kdzoo.models import FeatureInfo, Features
 from feature_points import features_of
 from kdzoo.methods.bss import (boundary_attack, bss_epoch_weight, sample_attack_class,
                                select_candidates)
+from states import assert_same_state
 
 
 def context(num_classes=5, image_size=4, in_chans=2):
@@ -420,8 +421,7 @@ def test_resume_equals_uninterrupted(make_config, tmp_path, crashed_and_resumed,
     whole = fit(make_config(out=str(tmp_path / "whole"), **settings))
     broken = make_config(out=str(tmp_path / "broken"), **settings)
     resumed = crashed_and_resumed(broken, crash_at=3)
-    for key, value in whole.student.state_dict().items():
-        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    assert_same_state(whole.student.state_dict(), resumed.student.state_dict())
     if method["name"] == "dml":
         a = torch.load(whole.path / "peer.pt", weights_only=True)["state_dict"]
         b = torch.load(resumed.path / "peer.pt", weights_only=True)["state_dict"]

@@ -29,6 +29,7 @@ from kdzoo.methods import (
 from kdzoo.methods._temperature import CurriculumTemperature, curriculum_lambda
 from kdzoo.methods.mlkd import confidence_masks
 from kdzoo.models.features import FeatureInfo, Features
+from states import assert_same_state
 
 
 @pytest.fixture(autouse=True)
@@ -259,8 +260,7 @@ def test_mlkd_paper_protocol_resumed_run_equals_uninterrupted_run(make_config, t
 
     whole = fit(config("whole"))
     resumed = crashed_and_resumed(config("broken"), crash_at=2)
-    for key, value in whole.student.state_dict().items():
-        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    assert_same_state(whole.student.state_dict(), resumed.student.state_dict())
     # The protocol is recorded with the effective hyper-parameters, and the log's term names
     # tell it too.
     assert whole.summary["hyperparameters"]["protocol"] == "paper"
@@ -365,8 +365,7 @@ def test_learned_temperature_resumed_run_equals_uninterrupted_run(make_config, t
 
     whole = fit(config("whole"))
     resumed = crashed_and_resumed(config("broken"), crash_at=2)
-    for key, value in whole.student.state_dict().items():
-        assert torch.equal(value, resumed.student.state_dict()[key]), key
+    assert_same_state(whole.student.state_dict(), resumed.student.state_dict())
     saved = torch.load(resumed.path / "checkpoint.pt", weights_only=False)["method"]
     reference = torch.load(whole.path / "checkpoint.pt", weights_only=False)["method"]
     key = "learned_temperature.global_t"

@@ -6,16 +6,11 @@ from kdzoo.core import Piecewise
 from kdzoo.engine import RunDir, Trainer, build, fit, read_metrics
 from kdzoo.methods import METHODS, Method, Stage, register_method
 from kdzoo.models import FeatureRequest
+from states import assert_same_state
 
 
 def state_snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_short_fit_lowers_the_loss(make_config):
