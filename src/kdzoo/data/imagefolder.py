@@ -26,9 +26,8 @@ from torch import Tensor
 
 from ..errors import ConfigError, KdzooError
 from ..seeding import generator
-from .augment import Normalize
 from .base import register_dataset
-from .loader import Batch, batch_bounds, shard_bounds
+from .loader import Batch, LoaderBase, batch_bounds, shard_bounds
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -192,22 +191,11 @@ def _collate(items: list[tuple[Tensor, int, int]]) -> tuple[Tensor, Tensor, Tens
     return torch.stack(images), torch.tensor(labels), torch.tensor(indices)
 
 
-class StreamingLoader:
+class StreamingLoader(LoaderBase):
     """The batches of a :class:`FolderDataset`, decoded by ``data.workers`` worker processes:
     the same interface as :class:`~kdzoo.data.loader.BatchLoader`."""
 
-    def __init__(self, data: FolderDataset, batch_size: int, device: torch.device | str = "cpu",
-                 channels_last: bool = False, eval_batch_size: int | None = None) -> None:
-        self.data = data
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.device = torch.device(device)
-        self.channels_last = channels_last
-        self.normalize = Normalize(data.mean, data.std, device)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(batch_bounds(len(self.data.train_labels), self.batch_size))
+    data: FolderDataset
 
     def _batches(self, dataset: _Decoded, index_lists: list[list[int]]
                  ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
@@ -215,10 +203,8 @@ class StreamingLoader:
             dataset, batch_sampler=index_lists, num_workers=self.data.workers,
             collate_fn=_collate, pin_memory=self.device.type == "cuda")
         for images, labels, indices in loader:
-            images = self.normalize(images.to(self.device, non_blocking=True))
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images, labels.to(self.device), indices.to(self.device)
+            yield (self._finish(images.to(self.device, non_blocking=True)),
+                   labels.to(self.device), indices.to(self.device))
 
     def train_batches(self, seed: int, epoch: int, start_step: int = 0,
                       views: tuple[str, ...] = (), rank: int = 0,

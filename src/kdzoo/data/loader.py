@@ -9,7 +9,7 @@ Under DDP every rank draws the same plan and takes its contiguous slice of each 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -114,12 +114,13 @@ EXTRA_VIEWS: dict[str, Callable[[Tensor, AugmentSpec, torch.Generator], Tensor]]
     "strong": strong_view}
 
 
-class BatchLoader:
-    """Cuts, augments and normalises batches of ``data`` on ``device``."""
+class LoaderBase:
+    """What every loader shares: the batch sizes, the device, and the normalisation and memory
+    format of the batches it yields. ``data`` has ``train_labels``, ``mean`` and ``std``."""
 
-    def __init__(self, data: ImageDataset, batch_size: int, device: torch.device | str = "cpu",
+    def __init__(self, data: Any, batch_size: int, device: torch.device | str = "cpu",
                  channels_last: bool = False, eval_batch_size: int | None = None) -> None:
-        self.data = data.to(device)
+        self.data = data
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.device = torch.device(device)
@@ -130,6 +131,21 @@ class BatchLoader:
     def steps_per_epoch(self) -> int:
         return len(batch_bounds(len(self.data.train_labels), self.batch_size))
 
+    def _finish(self, images: Tensor) -> Tensor:
+        """uint8 images on the device -> normalised float images in the run's memory format."""
+        images = self.normalize(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+class BatchLoader(LoaderBase):
+    """Cuts, augments and normalises batches of ``data`` on ``device``."""
+
+    def __init__(self, data: ImageDataset, batch_size: int, device: torch.device | str = "cpu",
+                 channels_last: bool = False, eval_batch_size: int | None = None) -> None:
+        super().__init__(data.to(device), batch_size, device, channels_last, eval_batch_size)
+
     def epoch_plan(self, seed: int, epoch: int) -> EpochPlan:
         count, spec = len(self.data.train_labels), self.data.augment
         gen = generator(seed, "data", epoch)
@@ -137,12 +153,6 @@ class BatchLoader:
         offsets = torch.randint(0, 2 * spec.pad + 1, (count, 2), generator=gen)
         flips = torch.rand(count, generator=gen) < 0.5 if spec.flip else None
         return EpochPlan(order, offsets, flips)
-
-    def _finish(self, images: Tensor) -> Tensor:
-        images = self.normalize(images)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
 
     def train_batches(self, seed: int, epoch: int, start_step: int = 0,
                       views: tuple[str, ...] = (), rank: int = 0,

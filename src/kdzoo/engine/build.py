@@ -308,7 +308,8 @@ def build(config: TrainConfig, device: torch.device | None = None,
     check_features(method_cls, config, networks)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     chunk = inference_chunk(config, device)
-    loader_class = StreamingLoader if getattr(data, "streaming", False) else BatchLoader
+    streaming = getattr(data, "streaming", False)  # decoded per batch from image files
+    loader_class = StreamingLoader if streaming else BatchLoader
     loader = loader_class(data, config.optim.batch_size, device,  # type: ignore[arg-type]
                           channels_last=config.channels_last,
                           eval_batch_size=config.eval_batch_size or chunk)
@@ -346,16 +347,14 @@ def build(config: TrainConfig, device: torch.device | None = None,
         convert_sync_batchnorm(method, device)
     step = StepModule(method, networks, compile=config.compile, seed=config.seed,
                       loss=config.loss)
-    if getattr(data, "streaming", False) and method.views:
+    if streaming and method.views:
         raise ConfigError(f"method {config.method.name} trains on extra views ("
                           f"{', '.join(method.views)}) that need an in-memory dataset; "
                           f"{data.name} has its own augmentation: use the method's standard "
                           "protocol")
     cache = None
-    if config.teacher_cache and getattr(data, "streaming", False):
-        raise ConfigError(f"the teacher cache stores every augmented view of an image, and "
-                          f"{data.name}'s random-resized crops cannot be enumerated: run without "
-                          "--teacher-cache")
+    if config.teacher_cache:
+        TeacherCache.check_data(data)
     if config.teacher_cache and teacher is not None:
         if not method_cls.can_use_teacher_cache() or method.views:
             request = method.requests["teacher"]

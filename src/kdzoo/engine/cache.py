@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..data.base import AugmentSpec, ImageDataset
-from ..errors import KdzooError
+from ..errors import ConfigError, KdzooError
 from ..models.features import FeatureNet
 
 CACHE_FORMAT = "kdzoo-teacher-cache/1"
@@ -130,12 +130,18 @@ class TeacherCache:
             raise KdzooError(f"cannot open teacher cache {folder} ({exc}); delete the folder "
                              "and rerun") from None
 
+    @staticmethod
+    def check_data(data: ImageDataset) -> None:
+        """Refuse a dataset whose augmented views cannot be enumerated (a streaming folder)."""
+        if getattr(data, "streaming", False):
+            raise ConfigError(f"the teacher cache stores every augmented view of an image, and "
+                              f"{data.name}'s random-resized crops cannot be enumerated: run "
+                              "without --teacher-cache")
+
     @classmethod
     def for_teacher(cls, teacher: FeatureNet, data: ImageDataset,
                     root: str | Path | None = None, writable: bool = True) -> "TeacherCache":
-        if getattr(data, "streaming", False):
-            raise KdzooError(f"the teacher cache cannot hold {data.name}: its random-resized "
-                             "crops cannot be enumerated (run without the teacher cache)")
+        cls.check_data(data)
         folder = Path(root or default_cache_dir()) / "teacher" / cache_key(teacher, data)
         return cls(folder, len(data.train_labels), ViewSpace.of(data.augment),
                    teacher.num_classes, len(data.test_labels), writable)

@@ -54,8 +54,7 @@ class SimilarityPreserving(Method):
     def forward(self, student: Features, teacher: Features | None,
                 step: Step) -> dict[str, Tensor]:
         assert teacher is not None
-        if self.params.variant == "repdistiller":
-            losses = [KF.similarity_preserving(s, t) for s, t in self.stage_pairs(student, teacher)]
-            return {"sp": sum(losses) * self.params.weight}
         losses = [KF.similarity_preserving(s, t) for s, t in self.stage_pairs(student, teacher)]
+        if self.params.variant == "repdistiller":  # its one stage's loss, not a mean
+            return {"sp": sum(losses) * self.params.weight}
         return {"sp": sum(losses) / len(losses) * self.params.weight}
