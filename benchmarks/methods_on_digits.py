@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import kdzoo
-from kdzoo.engine import read_metrics
+from kdzoo.engine import read_metrics, read_summary
 from kdzoo.zoo import expand, run_grid
 
 SHORT_STAGES = {"fsp": {"init_epochs": 5}, "ab": {"init_epochs": 5},
@@ -48,10 +48,9 @@ def main() -> None:
     failed = [o for o in run_grid(grid, report=print) if not o.ok]
     rows = []
     for run in grid:
-        path = Path(run.config.out) / "summary.json"
-        if not path.is_file():  # a failed run, reported below
+        summary = read_summary(run.config.out, missing_ok=True)
+        if summary is None:  # a failed run, reported below
             continue
-        summary = json.loads(path.read_text())
         if run.role == "teacher":
             print(f"teacher {run.student}: best top-1 {summary['best_top1']:.2f}%")
             continue

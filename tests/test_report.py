@@ -76,6 +76,18 @@ def test_one_seed_has_no_std_and_unfinished_runs_are_listed_apart(zoo, tmp_path)
     assert single["rows"][0]["n"] == 1 and single["rows"][0]["best_top1_std"] is None
 
 
+def test_runs_of_a_grid_are_not_started_until_their_folder_exists(tmp_path, capsys):
+    """The zoo's configs/ holds every run's config from the start: that is no run folder."""
+    root = tmp_path / "zoo"
+    assert main(["zoo", "--methods", "baseline", "--student", "resnet8", "--seeds", "1",
+                 "--epochs", "1", *SYNTH, "--out", str(root), "--dry-run"]) == 0
+    runs = collect([root])
+    assert [r.status for r in runs] == ["not started"]
+    (runs[0].path).mkdir()
+    (runs[0].path / "config.yaml").write_text("{}")
+    assert [r.status for r in collect([root])] == ["interrupted"]
+
+
 def test_published_numbers_and_their_differences(tmp_path, capsys):
     grid = tmp_path / "grid.yaml"
     grid.write_text("data: synthetic\nseeds: 1\nmethods: [st]\n"

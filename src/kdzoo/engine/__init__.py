@@ -2,7 +2,7 @@
 from .api import RunResult, default_out, fit
 from .build import Components, build, freeze
 from .evaluate import evaluate
-from .rundir import RunDir, read_metrics, read_summary
+from .rundir import RunDir, read_metrics, read_summary, run_status
 from ..core import Cosine, MultiStep, Piecewise, build_schedule
 from .trainer import Trainer
 
@@ -22,4 +22,5 @@ __all__ = [
     "freeze",
     "read_metrics",
     "read_summary",
+    "run_status",
 ]

@@ -156,9 +156,28 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def read_summary(path: str | Path) -> dict[str, Any]:
+def read_summary(path: str | Path, missing_ok: bool = False) -> dict[str, Any] | None:
+    """The summary of a run folder (or of a summary.json file); with ``missing_ok``, None where
+    there is none or it cannot be read."""
     path = Path(path)
     if path.is_dir():
         path = path / SUMMARY
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        if missing_ok:
+            return None
+        raise
+
+
+def run_status(path: str | Path) -> str:
+    """"finished" (its summary says so), "interrupted" (a folder with a config, checkpoint or
+    summary: ``--resume`` continues it) or "not started"."""
+    folder = Path(path)
+    summary = read_summary(folder, missing_ok=True)
+    if summary is not None and summary.get("finished"):
+        return "finished"
+    if any((folder / name).is_file() for name in (CONFIG, CHECKPOINT, SUMMARY)):
+        return "interrupted"
+    return "not started"

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..config import flatten
+from ..engine.rundir import CONFIG, SUMMARY, read_summary, run_status
 from ..errors import KdzooError
 
 #: Config keys that do not make two runs different rows (seeds are averaged over).
@@ -41,9 +42,9 @@ class Run:
 
     @property
     def status(self) -> str:
-        if self.finished:
-            return "finished"
-        return "interrupted" if self.summary or self.config else "not started"
+        """From the folder's own files: a grid's run that never started has a config only in
+        the zoo's ``configs/``, and is "not started"."""
+        return run_status(self.path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -54,7 +55,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _read_config(folder: Path, fallback: Path | None = None) -> dict[str, Any]:
-    for path in (folder / "config.yaml", fallback):
+    for path in (folder / CONFIG, fallback):
         if path is not None and path.is_file():
             try:
                 return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -65,7 +66,7 @@ def _read_config(folder: Path, fallback: Path | None = None) -> dict[str, Any]:
 
 def _run(folder: Path, published: dict[str, Any] | None = None,
          config_file: Path | None = None, label: str | None = None) -> Run:
-    return Run(folder, folder.name, _read_json(folder / "summary.json"),
+    return Run(folder, folder.name, read_summary(folder, missing_ok=True),
                _read_config(folder, config_file), published, label)
 
 
@@ -84,10 +85,10 @@ def collect(paths: list[str | Path]) -> list[Run]:
                 found.setdefault(folder.resolve(), _run(folder, entry.get("published"),
                                                         Path(entry["config"]),
                                                         entry.get("label")))
-        elif (path / "summary.json").is_file() or (path / "config.yaml").is_file():
+        elif (path / SUMMARY).is_file() or (path / CONFIG).is_file():
             found.setdefault(path.resolve(), _run(path))
         else:
-            for summary in sorted(path.rglob("summary.json")):
+            for summary in sorted(path.rglob(SUMMARY)):
                 found.setdefault(summary.parent.resolve(), _run(summary.parent))
     if not found:
         raise KdzooError(f"no kdzoo runs under {', '.join(map(str, paths))}: pass run folders "

@@ -9,7 +9,6 @@ numbers, read by ``kdzoo report``) and one folder per run.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..engine.rundir import LOG, run_status
 from ..errors import KdzooError
 from ..io import atomic_write_json, atomic_write_text
 from .grid import Grid, RunPlan
@@ -32,19 +32,9 @@ ZOO_FORMAT = "kdzoo-zoo/1"
 
 
 def status(run: RunPlan) -> str:
-    """"finished", "interrupted" (a folder with a config or checkpoint: resume it) or
-    "missing"."""
-    folder = Path(run.config.out or "")
-    summary = folder / "summary.json"
-    if summary.is_file():
-        try:
-            if json.loads(summary.read_text()).get("finished"):
-                return "finished"
-        except (OSError, ValueError):
-            pass
-    if (folder / "checkpoint.pt").is_file() or (folder / "config.yaml").is_file():
-        return "interrupted"
-    return "missing"
+    """The run folder's :func:`~kdzoo.engine.rundir.run_status`: "finished", "interrupted"
+    (resume it) or "not started"."""
+    return run_status(run.config.out or "")
 
 
 def config_file(grid: Grid, run: RunPlan) -> Path:
@@ -99,7 +89,7 @@ class Outcome:
 
 
 def last_log_line(run: RunPlan, fallback: str = "") -> str:
-    path = Path(run.config.out or "") / "log.txt"
+    path = Path(run.config.out or "") / LOG
     try:
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError:
