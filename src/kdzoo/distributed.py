@@ -71,14 +71,13 @@ def setup(device_name: str) -> tuple[DistContext, torch.device | None]:
     this process's device (None: resolve ``device_name`` as usual). A process group the caller
     already initialised is used as it is."""
     world = launched_world()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
     if world <= 1 and not dist.is_initialized():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
         if "LOCAL_RANK" in os.environ and device_name in ("auto", "cuda") and \
                 torch.cuda.is_available():
             return SINGLE, torch.device("cuda", local)  # a 1-process torchrun on a GPU
         return SINGLE, None
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    wants_cuda = device_name == "cuda" or device_name.startswith("cuda") or \
+    wants_cuda = device_name.startswith("cuda") or \
         (device_name == "auto" and torch.cuda.is_available())
     if wants_cuda and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for but no CUDA GPU is available: use "
@@ -101,14 +100,6 @@ def teardown(context: DistContext, created: bool) -> None:
 
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world_size() -> int:
-    return dist.get_world_size() if _active() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if _active() else 0
 
 
 def barrier() -> None:
