@@ -39,7 +39,8 @@ def test_each_case_trains_with_a_finite_loss(case, cifar_root):
     before = [p.detach().clone() for p in runner.student.parameters()]
     assert [runner.step() for _ in range(2)] == [8, 8]
     assert math.isfinite(runner.last_loss) and 0.0 <= runner.last_top1 <= 100.0
-    assert any(not torch.equal(a, b) for a, b in zip(before, runner.student.parameters()))
+    after = runner.student.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     if runner.teacher is not None:
         assert not runner.teacher.training
         assert all(not p.requires_grad for p in runner.teacher.parameters())

@@ -38,6 +38,7 @@ def test_quiet_silences_the_console_not_the_run_log(tmp_path, capsys):
     assert "run folder" in log and "epoch 1/1" in log
 
 
+@pytest.mark.process
 def test_python_dash_m_entry_point():
     import subprocess
     import sys

@@ -54,7 +54,7 @@ def test_same_seed_same_batches_other_seed_other_batches():
     again = [b.images for b in loader.train_batches(seed=1, epoch=1)]
     other = [b.images for b in loader.train_batches(seed=2, epoch=1)]
     next_epoch = [b.images for b in loader.train_batches(seed=1, epoch=2)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0], other[0])
     assert not torch.equal(first[0], next_epoch[0])
 
@@ -66,7 +66,7 @@ def test_an_epoch_visits_every_image_once_and_resumes_mid_epoch():
     assert sorted(seen.tolist()) == list(range(41))
     assert [len(b) for b in batches] == [8, 8, 8, 8, 9]  # a lone last image joins the batch before
     tail = list(loader.train_batches(seed=0, epoch=3, start_step=2))
-    assert all(torch.equal(a.images, b.images) for a, b in zip(batches[2:], tail))
+    assert all(torch.equal(a.images, b.images) for a, b in zip(batches[2:], tail, strict=True))
 
 
 def test_normalisation_and_labels():

@@ -55,7 +55,7 @@ def test_updates_equal_mdistillers_rule_for_every_kind_of_parameter():
         opt.step()
         expected = reference_dot(expected, task, kd, task_bufs, kd_bufs, 0.1, 0.825, 0.975,
                                  5e-4)
-        for mine, theirs in zip(params, expected):
+        for mine, theirs in zip(params, expected, strict=True):
             assert torch.allclose(mine.detach(), theirs, rtol=1e-12, atol=1e-14)
     state = opt.state_dict()["state"]
     assert set(state[0]) == {"momentum_buffer", "momentum_kd_buffer"}

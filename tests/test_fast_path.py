@@ -127,7 +127,7 @@ def test_fast_and_plain_runs_agree(make_config, tmp_path):
                              teacher={"name": "resnet8", "checkpoint": teacher,
                                       "untrained": False})
         runs[label] = read_metrics(fit(config).path)
-    for a, b in zip(runs["plain"], runs["fast"]):
+    for a, b in zip(runs["plain"], runs["fast"], strict=True):
         assert b["terms"]["loss"] == pytest.approx(a["terms"]["loss"], rel=1e-3)
 
 
@@ -184,11 +184,14 @@ def test_cache_key_depends_on_teacher_and_data(tmp_path):
     assert TeacherCache.for_teacher(teacher, data, tmp_path).folder == first
 
 
-def cached_config(make_config, tmp_path, label, cache):
+def cached_config(make_config, tmp_path, label, cache, **overrides):
+    """Two epochs of one step each: epoch 1's terms are the first step's, before any update."""
     return make_config(out=str(tmp_path / label), teacher_cache=cache,
-                       cache_dir=str(tmp_path / "cache"), optim={"epochs": 2},
+                       cache_dir=str(tmp_path / "cache"), optim={"epochs": 2, "batch_size": 32},
+                       data={"train_size": 32},
                        teacher={"name": "resnet8", "untrained": False,
-                                "checkpoint": trained_looking_teacher(tmp_path / "t.pt")})
+                                "checkpoint": trained_looking_teacher(tmp_path / "t.pt")},
+                       **overrides)
 
 
 def test_training_with_the_cache_matches_live_training(make_config, tmp_path, monkeypatch):
@@ -197,9 +200,14 @@ def test_training_with_the_cache_matches_live_training(make_config, tmp_path, mo
     # A second run finds every view it needs in the cache: the teacher must not run at all.
     monkeypatch.setattr(TeacherRunner, "__call__", lambda *a: pytest.fail("teacher ran"))
     reused = read_metrics(fit(cached_config(make_config, tmp_path, "reuse", True)).path)
-    for a, b, c in zip(live, filling, reused):
-        assert b["terms"]["st"] == pytest.approx(a["terms"]["st"], rel=5e-3)
-        assert c["terms"]["loss"] == b["terms"]["loss"]  # the same float16 values either way
+    # The first step sees the same weights: the cached (float16) teacher logits give its
+    # distillation term to float16 rounding. Later steps are not compared: float32 training
+    # amplifies any rounding difference.
+    assert filling[0]["terms"]["st"] == pytest.approx(live[0]["terms"]["st"], rel=5e-3)
+    assert filling[0]["terms"]["st"] != live[0]["terms"]["st"]  # the cache was read
+    # Filling and reusing the cache give the same float16 values: the same run, bit for bit.
+    assert len(filling) == len(reused) == 2
+    assert [r["terms"] for r in filling] == [r["terms"] for r in reused]
 
 
 def test_cache_refused_for_feature_methods(make_config, tmp_path):
@@ -210,6 +218,7 @@ def test_cache_refused_for_feature_methods(make_config, tmp_path):
                           cache_dir=str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_cache_teacher_command(tmp_path, capsys):
     from kdzoo.cli import main
 
@@ -223,12 +232,17 @@ def test_cache_teacher_command(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------- options
-def test_bf16_autocast_runs_on_cpu(make_config):
-    config = make_config(amp="bf16", optim={"epochs": 1},
-                         data={"name": "synthetic", "train_size": 16, "test_size": 8,
-                               "image_size": 8})
-    metrics = read_metrics(fit(config).path)
-    assert metrics[0]["terms"]["loss"] == metrics[0]["terms"]["loss"]
+def test_bf16_autocast_runs_on_cpu(make_config, tmp_path):
+    """bf16 autocast changes the first step's loss at bfloat16's precision (~1e-2), no more."""
+    def first_loss(label, **amp):
+        config = make_config(out=str(tmp_path / label), optim={"epochs": 1, "batch_size": 16},
+                             data={"name": "synthetic", "train_size": 16, "test_size": 8,
+                                   "image_size": 8}, **amp)
+        return read_metrics(fit(config).path)[0]["terms"]["loss"]
+
+    full, bf16 = first_loss("fp32"), first_loss("bf16", amp="bf16")
+    assert bf16 == pytest.approx(full, rel=3e-2)
+    assert bf16 != full
 
 
 def test_fp16_needs_cuda(make_config):
@@ -240,7 +254,14 @@ def test_fp16_needs_cuda(make_config):
 
 @pytest.mark.slow
 def test_compiled_run_matches_eager(make_config, tmp_path):
-    eager = read_metrics(fit(make_config(out=str(tmp_path / "eager"))).path)
-    compiled = read_metrics(fit(make_config(out=str(tmp_path / "compiled"), compile=True)).path)
-    for a, b in zip(eager, compiled):
-        assert b["terms"]["loss"] == pytest.approx(a["terms"]["loss"], rel=1e-3)
+    """The first step (the same weights on both sides) computes the same loss compiled and
+    eager; later steps are not compared (float32 training amplifies rounding differences)."""
+    def run(label, **options):
+        config = make_config(out=str(tmp_path / label), optim={"epochs": 1, "batch_size": 32},
+                             data={"train_size": 32}, **options)
+        return read_metrics(fit(config).path)[0]["terms"]
+
+    eager, compiled = run("eager"), run("compiled", compile=True)
+    assert eager.keys() == compiled.keys()
+    for name in eager:
+        assert compiled[name] == pytest.approx(eager[name], rel=1e-4), name

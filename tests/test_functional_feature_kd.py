@@ -52,12 +52,12 @@ def flat(x):
 
 def hand_mse(a, b):
     fa, fb = flat(a), flat(b)
-    return sum((x - y) ** 2 for x, y in zip(fa, fb)) / len(fa)
+    return sum((x - y) ** 2 for x, y in zip(fa, fb, strict=True)) / len(fa)
 
 
 def hand_hcl(students, teachers):
     total = 0.0
-    for s, t in zip(students, teachers):
+    for s, t in zip(students, teachers, strict=True):
         s, t = s.tolist(), t.tolist()
         height = len(s[0][0])
         loss, weight, weights = hand_mse(s, t), 1.0, 1.0
@@ -76,7 +76,7 @@ def hand_icc(s, t):
         out = []
         for sample in x.tolist():
             rows = [[v for row in chan for v in row] for chan in sample]
-            gram = [[sum(a * b for a, b in zip(u, v)) for v in rows] for u in rows]
+            gram = [[sum(a * b for a, b in zip(u, v, strict=True)) for v in rows] for u in rows]
             normed = []
             for row in gram:
                 norm = max(math.sqrt(sum(g * g for g in row)), 1e-12)
@@ -119,12 +119,13 @@ def hand_kdsvd(students, teachers, k):
     previous = None
     total = 0.0
     batch = students[0].shape[0]
-    for fs, ft in zip(students, teachers):
+    for fs, ft in zip(students, teachers, strict=True):
         vt, st = hand_rsv(ft, k)
         vs, _ = hand_rsv(fs, k + 3)
         aligned_s, scaled_t = [], []
         for b in range(batch):
-            cosines = [[sum(a * c for a, c in zip(u, w)) for w in vt[b]] for u in vs[b]]
+            cosines = [[sum(a * c for a, c in zip(u, w, strict=True)) for w in vt[b]]
+                       for u in vs[b]]
             cols_s, cols_t = [], []
             for j, teacher_col in enumerate(vt[b]):
                 best = max(abs(cosines[i][j]) for i in range(len(vs[b])))
@@ -132,7 +133,7 @@ def hand_kdsvd(students, teachers, k):
                 for i, student_col in enumerate(vs[b]):
                     if abs(cosines[i][j]) == best:
                         sign = math.copysign(1.0, cosines[i][j]) if cosines[i][j] else 0.0
-                        col = [c + sign * e for c, e in zip(col, student_col)]
+                        col = [c + sign * e for c, e in zip(col, student_col, strict=True)]
                 cols_s.append([e * st[b][j] for e in col])
                 cols_t.append([e * st[b][j] for e in teacher_col])
             aligned_s.append(cols_s)

@@ -23,7 +23,7 @@ def hand_sobolev(gs, gt):
     for b in range(gs.shape[0]):
         a = hand_normalize(gs[b].flatten().tolist())
         c = hand_normalize(gt[b].flatten().tolist())
-        total += sum((x - y) ** 2 for x, y in zip(a, c))
+        total += sum((x - y) ** 2 for x, y in zip(a, c, strict=True))
         count += len(a)
     return total / count
 
@@ -106,7 +106,8 @@ def test_lwm_attention_loss_equals_hand_computation(use_feature):
     fs = randn(2, 3, 4, 4, seed=11).relu() if use_feature else None
     ft = randn(2, 5, 4, 4, seed=12).relu() if use_feature else None
     cs, ct = hand_cam(gs, fs), hand_cam(gt, ft)
-    expected = sum(abs(a - b) for rs, rt in zip(cs, ct) for a, b in zip(rs, rt)) / (2 * 16)
+    expected = sum(abs(a - b) for rs, rt in zip(cs, ct, strict=True)
+                   for a, b in zip(rs, rt, strict=True)) / (2 * 16)
     value = KF.lwm_attention_loss(gs, gt, fs, ft)
     assert value.dtype == torch.float64
     assert value.item() == pytest.approx(expected, rel=1e-12)

@@ -31,7 +31,7 @@ def softmax_list(values, T=1.0):
 
 def kl_list(p, q):
     """KL(p || q) of two probability lists (terms with p = 0 are 0)."""
-    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q) if pi > 0)
+    return sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q, strict=True) if pi > 0)
 
 
 def logits(seed=0, shape=(5, 7), scale=3.0, dtype=torch.float64):
@@ -52,7 +52,7 @@ def check_float32(fn, s, t, *rest, rtol=1e-4, atol=1e-5, **kwargs):
 # ------------------------------------------------------------------------------------ DKD
 def hand_dkd(s, t, y, alpha, beta, T):
     total = 0.0
-    for zs, zt, label in zip(rows(s), rows(t), y.tolist()):
+    for zs, zt, label in zip(rows(s), rows(t), y.tolist(), strict=True):
         ps, pt = softmax_list(zs, T), softmax_list(zt, T)
         binary_s = [ps[label], sum(p for k, p in enumerate(ps) if k != label)]
         binary_t = [pt[label], sum(p for k, p in enumerate(pt) if k != label)]
@@ -132,14 +132,14 @@ def test_decoupled_kd_two_classes():
 def pearson_list(a, b, eps=1e-8):
     ma, mb = sum(a) / len(a), sum(b) / len(b)
     da, db = [x - ma for x in a], [x - mb for x in b]
-    num = sum(x * z for x, z in zip(da, db))
+    num = sum(x * z for x, z in zip(da, db, strict=True))
     return num / (math.sqrt(sum(x * x for x in da)) * math.sqrt(sum(z * z for z in db)) + eps)
 
 
 def hand_dist(s, t, beta, gamma, T):
     ys = [softmax_list(r, T) for r in rows(s)]
     yt = [softmax_list(r, T) for r in rows(t)]
-    inter = 1 - sum(pearson_list(a, b) for a, b in zip(ys, yt)) / len(ys)
+    inter = 1 - sum(pearson_list(a, b) for a, b in zip(ys, yt, strict=True)) / len(ys)
     cols = range(len(ys[0]))
     intra = 1 - sum(pearson_list([r[k] for r in ys], [r[k] for r in yt]) for k in cols) / len(cols)
     return T * T * (beta * inter + gamma * intra)
@@ -171,12 +171,12 @@ def test_dist_gradcheck_and_float32():
 # ------------------------------------------------------------------------------------ NKD
 def hand_nkd(s, t, y, T, gamma):
     target_part, non_target = 0.0, 0.0
-    for zs, zt, label in zip(rows(s), rows(t), y.tolist()):
+    for zs, zt, label in zip(rows(s), rows(t), y.tolist(), strict=True):
         target_part += -softmax_list(zt)[label] * log_softmax_list(zs)[label]
         others = [k for k in range(len(zs)) if k != label]
         qs = log_softmax_list([zs[k] for k in others], T)
         qt = softmax_list([zt[k] for k in others], T)
-        non_target += sum(a * b for a, b in zip(qt, qs))
+        non_target += sum(a * b for a, b in zip(qt, qs, strict=True))
     n = len(y)
     return target_part / n - gamma * T * T * non_target / n
 
@@ -222,8 +222,9 @@ def test_normalized_kd_gradcheck_and_float32():
 # ----------------------------------------------------------------------------------- WSLD
 def hand_wsld(s, t, y, T, alpha):
     total = 0.0
-    for zs, zt, label in zip(rows(s), rows(t), y.tolist()):
-        soft = -sum(p * q for p, q in zip(softmax_list(zt, T), log_softmax_list(zs, T)))
+    for zs, zt, label in zip(rows(s), rows(t), y.tolist(), strict=True):
+        soft = -sum(p * q for p, q in zip(softmax_list(zt, T), log_softmax_list(zs, T),
+                                          strict=True))
         ce_s, ce_t = -log_softmax_list(zs)[label], -log_softmax_list(zt)[label]
         weight = 1 - math.exp(-max(ce_s / (ce_t + 1e-7), 0.0))
         total += weight * soft
@@ -266,7 +267,7 @@ def test_weighted_soft_label_kd_float32():
 # ------------------------------------------------------------------------------------ RLD
 def hand_rld(s, t, y, alpha, beta, T, T_a):
     scd, mcd = 0.0, 0.0
-    for zs, zt, label in zip(rows(s), rows(t), y.tolist()):
+    for zs, zt, label in zip(rows(s), rows(t), y.tolist(), strict=True):
         ps, pt = softmax_list(zs, T_a), softmax_list(zt, T_a)
         top = max(range(len(zt)), key=lambda k: (zt[k], -k))  # first maximum, as argmax
         binary_s = [ps[label], sum(p for k, p in enumerate(ps) if k != label)]
@@ -358,7 +359,7 @@ def hand_pyramid(x, scales):
             g = hand_pool(channel, 4)
             g = [g[i * 4:(i + 1) * 4] for i in range(4)]
             per_channel.append([v for s in scales for v in hand_pool(g, s)])
-        out.append([list(region) for region in zip(*per_channel)])
+        out.append([list(region) for region in zip(*per_channel, strict=True)])
     return out
 
 
@@ -385,7 +386,7 @@ def test_spatial_pyramid_pool_gradcheck_and_float32():
 
 def hand_region_weights(t_regions, y):
     weights = []
-    for sample, label in zip(t_regions.tolist(), y.tolist()):
+    for sample, label in zip(t_regions.tolist(), y.tolist(), strict=True):
         right = [max(range(len(r)), key=lambda k: (r[k], -k)) == label for r in sample]
         weights.append([1.0 if ok == right[0] else 2.0 for ok in right])
     return weights
@@ -404,8 +405,9 @@ def test_sdd_region_weights():
 def hand_sdd(s, t, y, base, T, alpha, beta):
     weights = hand_region_weights(t, y)
     total, count = 0.0, 0
-    for zs_rows, zt_rows, w_row, label in zip(s.tolist(), t.tolist(), weights, y.tolist()):
-        for zs, zt, w in zip(zs_rows, zt_rows, w_row):
+    for zs_rows, zt_rows, w_row, label in zip(s.tolist(), t.tolist(), weights, y.tolist(),
+                                              strict=True):
+        for zs, zt, w in zip(zs_rows, zt_rows, w_row, strict=True):
             one_s = torch.tensor([zs], dtype=torch.float64)
             one_t = torch.tensor([zt], dtype=torch.float64)
             lab = torch.tensor([label])

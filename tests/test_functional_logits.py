@@ -11,7 +11,7 @@ def hand_kl_batchmean(z, z_target, T=1.0):
     """(1/B) sum_b sum_k q_bk (log q_bk - log p_bk), q = softmax(z_target/T), p = softmax(z/T),
     with plain Python floats."""
     total = 0.0
-    for row, row_target in zip(z.tolist(), z_target.tolist()):
+    for row, row_target in zip(z.tolist(), z_target.tolist(), strict=True):
         a = [x / T for x in row]
         b = [x / T for x in row_target]
         log_norm_a = math.log(sum(math.exp(x) for x in a))

@@ -39,7 +39,7 @@ def hand_attention_transfer(s, t, p):
 
 def hand_mse(a, b):
     fa, fb = a.flatten().tolist(), b.flatten().tolist()
-    return sum((x - y) ** 2 for x, y in zip(fa, fb)) / len(fa)
+    return sum((x - y) ** 2 for x, y in zip(fa, fb, strict=True)) / len(fa)
 
 
 def hand_nst(s, t):
@@ -56,10 +56,10 @@ def hand_nst(s, t):
 
     def mean_kernel(a, b):
         total, count = 0.0, 0
-        for fa, fb in zip(a, b):
+        for fa, fb in zip(a, b, strict=True):
             for u in fa:
                 for v in fb:
-                    total += sum(x * y for x, y in zip(u, v)) ** 2
+                    total += sum(x * y for x, y in zip(u, v, strict=True)) ** 2
                     count += 1
         return total / count
 
@@ -88,8 +88,9 @@ def hand_fsp_matrix(first, second):
 
 def hand_fsp(s1, s2, t1, t2):
     gs, gt = hand_fsp_matrix(s1, s2), hand_fsp_matrix(t1, t2)
-    diffs = [(x - y) ** 2 for ms, mt in zip(gs, gt) for rs, rt in zip(ms, mt)
-             for x, y in zip(rs, rt)]
+    diffs = [(x - y) ** 2 for ms, mt in zip(gs, gt, strict=True)
+             for rs, rt in zip(ms, mt, strict=True)
+             for x, y in zip(rs, rt, strict=True)]
     return sum(diffs) / len(diffs)
 
 
@@ -101,13 +102,13 @@ def hand_ab_element(s, t, m):
 
 def hand_ab(s, t, m):
     fs, ft = s.flatten().tolist(), t.flatten().tolist()
-    return sum(hand_ab_element(x, y, m) for x, y in zip(fs, ft)) / len(fs)
+    return sum(hand_ab_element(x, y, m) for x, y in zip(fs, ft, strict=True)) / len(fs)
 
 
 def hand_sp(s, t):
     def normalised_gram(x):
         rows = [r for r in x.flatten(1).tolist()]
-        gram = [[sum(a * b for a, b in zip(u, v)) for v in rows] for u in rows]
+        gram = [[sum(a * b for a, b in zip(u, v, strict=True)) for v in rows] for u in rows]
         out = []
         for row in gram:
             norm = max(math.sqrt(sum(g * g for g in row)), 1e-12)

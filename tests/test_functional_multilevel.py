@@ -61,11 +61,11 @@ def hand_ttm(s, t, exponent, weighted):
     w_b = sum_k p_t,bk^l when weighted (else 1), by explicit loops."""
     ps, pt = softmax_rows(s), softmax_rows(t)
     total = 0.0
-    for row_s, row_t in zip(ps, pt):
+    for row_s, row_t in zip(ps, pt, strict=True):
         powered = [p ** exponent for p in row_t]
         norm = sum(powered)
         kl = sum((q / norm) * (math.log(q / norm) - math.log(p))
-                 for q, p in zip(powered, row_s))
+                 for q, p in zip(powered, row_s, strict=True))
         total += (norm if weighted else 1.0) * kl
     return total / len(ps)
 

@@ -20,7 +20,7 @@ def hand_factor_transfer(s, t):
         xs, xt = s[b].flatten().tolist(), t[b].flatten().tolist()
         ns = max(math.sqrt(sum(x * x for x in xs)), 1e-12)
         nt = max(math.sqrt(sum(x * x for x in xt)), 1e-12)
-        for a, c in zip(xs, xt):
+        for a, c in zip(xs, xt, strict=True):
             total += abs(a / ns - c / nt)
             count += 1
     return total / count
@@ -128,7 +128,7 @@ def test_ofd_margin_from_batch_equals_loops():
 def hand_bn_margin(weight, bias):
     """The official get_margin_from_BN, with Phi written through erfc."""
     out = []
-    for w, m in zip(weight, bias):
+    for w, m in zip(weight, bias, strict=True):
         s = abs(w)
         cdf = 0.5 * math.erfc((m / s) / math.sqrt(2))  # Phi(-m/s)
         if cdf > 0.001:
@@ -209,7 +209,7 @@ def hand_afd(s, t, rho):
             xt = t[b, c].flatten().tolist()
             ns = math.sqrt(sum(x * x for x in xs)) + 1e-6
             nt = math.sqrt(sum(x * x for x in xt)) + 1e-6
-            mse = sum((a / ns - d / nt) ** 2 for a, d in zip(xs, xt)) / len(xs)
+            mse = sum((a / ns - d / nt) ** 2 for a, d in zip(xs, xt, strict=True)) / len(xs)
             total += rho[b, c].item() * mse
     return total / batch
 

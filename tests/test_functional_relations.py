@@ -19,7 +19,7 @@ def rows(x):
 
 
 def dot(a, b):
-    return sum(x * y for x, y in zip(a, b))
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
 def norm(a):
@@ -27,7 +27,7 @@ def norm(a):
 
 
 def sub(a, b):
-    return [x - y for x, y in zip(a, b)]
+    return [x - y for x, y in zip(a, b, strict=True)]
 
 
 def smooth_l1(x):
@@ -222,7 +222,7 @@ def hand_mse_matrix(a, b):
 
 
 def hand_mse_vector(a, b):
-    return sum((x - y) ** 2 for x, y in zip(a, b)) / len(a)
+    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) / len(a)
 
 
 def hand_transformation_vector(fm1, fm2):
@@ -261,7 +261,7 @@ def test_irg_terms_equal_hand_computation():
     assert KF.irg_vertex(s[3], t[3]).item() == pytest.approx(vertex, rel=1e-10)
     edges = [hand_mse_matrix(hand_edge_matrix(a), hand_edge_matrix(b))
              for a, b in ((s[2], t[2]), (s[0], t[0]), (s[1], t[1]))]
-    for (a, b), expected in zip(((s[2], t[2]), (s[0], t[0]), (s[1], t[1])), edges):
+    for (a, b), expected in zip(((s[2], t[2]), (s[0], t[0]), (s[1], t[1])), edges, strict=True):
         assert KF.irg_edge(a, b).item() == pytest.approx(expected, rel=1e-10)
     transformation = hand_mse_vector(hand_transformation_vector(s[0], s[1]),
                                      hand_transformation_vector(t[0], t[1]))
@@ -280,7 +280,7 @@ def hand_group_means(fm, groups):
 
 
 def hand_vector(a, b):
-    d = [sum(v * v for v in sub(x, y)) for x, y in zip(rows(a), rows(b))]
+    d = [sum(v * v for v in sub(x, y)) for x, y in zip(rows(a), rows(b), strict=True)]
     return [x / max(d) for x in d]
 
 

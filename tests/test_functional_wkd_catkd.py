@@ -214,7 +214,7 @@ def test_wkd_logit_float32_within_tolerance():
     cost = KW.sharpen_cost(KW.cosine_cost(rand(100, 32, seed=9)), 1.0)
     r64 = KW.wkd_logit(s, t, labels, cost)
     r32 = KW.wkd_logit(s.float(), t.float(), labels, cost.float())
-    for a, b in zip(r32, r64):
+    for a, b in zip(r32, r64, strict=True):
         assert a.dtype == torch.float32
         assert a.item() == pytest.approx(b.item(), rel=1e-4, abs=1e-7)
 
@@ -226,7 +226,7 @@ def test_cosine_and_sharpened_costs():
     rows = w.tolist()
     for i in range(5):
         for j in range(5):
-            dot = sum(a * b for a, b in zip(rows[i], rows[j]))
+            dot = sum(a * b for a, b in zip(rows[i], rows[j], strict=True))
             norms = math.sqrt(sum(a * a for a in rows[i])) * math.sqrt(sum(b * b for b in rows[j]))
             assert cost[i, j].item() == pytest.approx(1 - dot / norms, abs=1e-14)
             sharp = KW.sharpen_cost(cost, 2.5)[i, j].item()
@@ -269,7 +269,7 @@ def test_gaussian_wasserstein_gradcheck_float32_and_shape_check():
             lambda a, b, g=grid: torch.stack(KW.gaussian_wasserstein(a, b, 1e-5, g)), (s, t))
         r32 = KW.gaussian_wasserstein(s.detach().float(), t.detach().float(), 1e-5, grid)
         r64 = KW.gaussian_wasserstein(s.detach(), t.detach(), 1e-5, grid)
-        for a, b in zip(r32, r64):
+        for a, b in zip(r32, r64, strict=True):
             assert a.dtype == torch.float32 and a.item() == pytest.approx(b.item(), rel=1e-5)
     with pytest.raises(ValueError, match="one shape"):
         KW.gaussian_wasserstein(s, t[:, :2])
@@ -318,8 +318,9 @@ def loop_cat_loss(s, t, resolution, normalize):
         return out
 
     ps, pt = pooled(s), pooled(t)
-    diffs = [(a - b) ** 2 for ms, mt in zip(ps, pt) for cs, ct in zip(ms, mt)
-             for a, b in zip(cs, ct)]
+    diffs = [(a - b) ** 2 for ms, mt in zip(ps, pt, strict=True)
+             for cs, ct in zip(ms, mt, strict=True)
+             for a, b in zip(cs, ct, strict=True)]
     return sum(diffs) / len(diffs)
 
 

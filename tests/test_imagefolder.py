@@ -38,7 +38,7 @@ def test_batches_depend_only_on_seed_and_epoch(folder):
     data.workers = 0
     here = list(StreamingLoader(data, 8).train_batches(seed=1, epoch=2))
     assert [len(b) for b in here] == [8, 8, 8, 6]
-    for a, b in zip(in_workers, here):
+    for a, b in zip(in_workers, here, strict=True):
         assert torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
         assert a.images.shape[1:] == (3, 16, 16)
     other = next(StreamingLoader(data, 8).train_batches(seed=1, epoch=3))
@@ -47,7 +47,7 @@ def test_batches_depend_only_on_seed_and_epoch(folder):
     assert torch.equal(resumed.images, here[2].images)
     shards = [list(StreamingLoader(data, 8).train_batches(1, 2, rank=r, world=2))
               for r in range(2)]
-    for whole, a, b in zip(here, *shards):
+    for whole, a, b in zip(here, *shards, strict=True):
         assert torch.equal(torch.cat([a.images, b.images]), whole.images)
         assert torch.equal(a.global_indices, whole.indices)
     test = list(StreamingLoader(data, 8).test_batches())

@@ -107,7 +107,7 @@ def check_method_trains(make_config, tmp_path, method, teacher, student):
                 opt.step()
         parts.method.end_stage(stage)
 
-    for network, before in zip(frozen, frozen_before):
+    for network, before in zip(frozen, frozen_before, strict=True):
         after = snapshot(network)
         assert all(torch.equal(before[k], after[k]) for k in after)
 

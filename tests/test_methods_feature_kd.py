@@ -134,7 +134,7 @@ def test_reviewkd_modules_sized_as_the_references_tables(teacher, student, ins, 
     built = [(abf.conv1[0].in_channels, abf.conv2[0].out_channels, abf.att_conv is not None)
              for abf in method.abfs]  # deepest first
     assert built == [(c_in, c_out, i > 0) for i, (c_in, c_out)
-                     in enumerate(zip(ins[::-1], outs[::-1]))]
+                     in enumerate(zip(ins[::-1], outs[::-1], strict=True))]
     assert all(abf.conv1[0].out_channels == min(512, ins[-1]) for abf in method.abfs)
     # the sizes each level meets at 32x32 inputs: the student's (SHAPES), the teacher's
     # (OUT_SHAPES), deepest first, the pooled feature 1x1
@@ -177,7 +177,7 @@ def reference_review(method, student, teacher):
     targets = [*teacher.maps(positions, preact=True), teacher.pool[:, :, None, None]]
     out_shapes = [t.shape[-1] for t in targets][::-1]
     results, residual = [], None
-    for index, (level, abf) in enumerate(zip(x, method.abfs)):
+    for index, (level, abf) in enumerate(zip(x, method.abfs, strict=True)):
         n, _, h, w = level.shape
         y = abf.conv1(level)
         if index > 0:
@@ -251,7 +251,7 @@ def test_kdsvd_term_is_the_functional_on_all_stages(teacher, student):
     assert not method.requests["student"].preact and not list(method.parameters())
     student_features, teacher_features, _ = features(t, s)
     pairs = [match_spatial_size(a, b) for a, b in zip(student_features.stages,
-                                                      teacher_features.stages)]
+                                                      teacher_features.stages, strict=True)]
     expected = kdsvd([a for a, _ in pairs], [b for _, b in pairs], k=1)
     terms = method(student_features, teacher_features, step(t, s))
     assert set(terms) == {"kdsvd"}

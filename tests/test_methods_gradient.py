@@ -39,7 +39,8 @@ def test_logits_method_is_weighted_mse():
     s, t = randn(3, 5, seed=1), randn(3, 5, seed=2)
     terms = method(Features(logits=s), Features(logits=t),
                    make_step(randn(3, 2, 4, 4), torch.zeros(3)))
-    expected = 0.1 * sum((a - b) ** 2 for a, b in zip(s.flatten().tolist(), t.flatten().tolist()))
+    pairs = zip(s.flatten().tolist(), t.flatten().tolist(), strict=True)
+    expected = 0.1 * sum((a - b) ** 2 for a, b in pairs)
     assert terms["logits"].item() == pytest.approx(expected / 15, rel=1e-12)
 
 
@@ -365,8 +366,8 @@ def test_dml_summed_backward_equals_the_reference_two_backwards(make_config, tmp
     net2 = torch.autograd.grad(net2_loss, both, allow_unused=True)
     n = len(student_params)
     assert all(g is None for g in net1[n:]) and all(g is None for g in net2[:n])
-    assert all(torch.equal(a, b) for a, b in zip(summed[:n], net1[:n]))
-    assert all(torch.equal(a, b) for a, b in zip(summed[n:], net2[n:]))
+    assert all(torch.equal(a, b) for a, b in zip(summed[:n], net1[:n], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(summed[n:], net2[n:], strict=True))
     # the mutual terms are the KL of each net towards the other
     s, p = terms["dml"], terms["peer_dml"]
     assert s.item() > 0 and p.item() > 0 and s.item() != pytest.approx(p.item())

@@ -152,7 +152,7 @@ def test_at_sums_all_stages_with_repdistillers_attention(teacher, student):
     depth = len(ctx.student_info.stages)
     assert method.requests["student"].positions == tuple(range(-depth, 0))
     g_s, g_t = feats(s_raw)[1:-1], feats(t_raw)[1:-1]
-    expected = 1000 * sum(rep_at_loss(a, b) for a, b in zip(g_s, g_t))
+    expected = 1000 * sum(rep_at_loss(a, b) for a, b in zip(g_s, g_t, strict=True))
     assert terms["at"].item() == pytest.approx(expected.item(), rel=1e-10)
 
 
@@ -162,7 +162,7 @@ def test_nst_sums_all_stages(teacher, student):
     method, terms = run("nst", ctx, s_raw, t_raw, variant="repdistiller")
     assert method.requests["teacher"].positions == (-3, -2, -1)
     g_s, g_t = feats(s_raw)[1:-1], feats(t_raw)[1:-1]
-    expected = 50 * sum(rep_nst_loss(a, b) for a, b in zip(g_s, g_t))
+    expected = 50 * sum(rep_nst_loss(a, b) for a, b in zip(g_s, g_t, strict=True))
     assert terms["nst"].item() == pytest.approx(expected.item(), rel=1e-10)
 
 
@@ -291,7 +291,8 @@ def loop_attention_transfer(f_s, f_t):
         return maps
 
     a_s, a_t = at(f_s.tolist()), at(f_t.tolist())
-    diffs = [(u - v) ** 2 for ms, mt in zip(a_s, a_t) for u, v in zip(ms, mt)]
+    diffs = [(u - v) ** 2 for ms, mt in zip(a_s, a_t, strict=True)
+             for u, v in zip(ms, mt, strict=True)]
     return sum(diffs) / len(diffs)
 
 

@@ -93,12 +93,13 @@ def test_stage_metadata_equals_the_real_shapes(name):
     with torch.no_grad():
         feats = model.features(torch.randn(2, 3, 32, 32))
     assert len(feats.stages) == len(info.stages) >= 1
-    for stage, found in zip(info.stages, feats.stages):
+    for stage, found in zip(info.stages, feats.stages, strict=True):
         assert tuple(found.shape) == (2, stage.channels, 32 // stage.reduction,
                                       32 // stage.reduction)
     assert (feats.stages_pre is not None) == all(s.preact for s in info.stages)
-    for stage, found in zip(info.stages, feats.stages_pre or []):
-        assert found.shape == feats.stages[info.stages.index(stage)].shape
+    if feats.stages_pre is not None:
+        for found, post in zip(feats.stages_pre, feats.stages, strict=True):
+            assert found.shape == post.shape
     for stage in info.stages:
         if stage.bn_before_relu is not None:
             bn = model.get_submodule(stage.bn_before_relu)
@@ -179,13 +180,13 @@ def test_logits_and_features_are_repdistillers(reference_pair):
     model.load_state_dict(state)  # train mode moved the BatchNorm statistics
     for found, (shape, total) in zip(
             [feats.stem, *feats.stages, feats.pool] if feats.stem is not None
-            else [*feats.stages, feats.pool], reference["feats"]):
+            else [*feats.stages, feats.pool], reference["feats"], strict=True):
         assert list(found.shape) == shape and found.sum().item() == pytest.approx(total,
                                                                                  rel=1e-9, abs=1e-9)
     if feats.stages_pre is not None:
         pre = [feats.stem, *feats.stages_pre, feats.pool] if feats.stem is not None \
             else [*feats.stages_pre, feats.pool]
-        for found, (shape, total) in zip(pre, reference["feats_preact"]):
+        for found, (shape, total) in zip(pre, reference["feats_preact"], strict=True):
             assert list(found.shape) == shape
             assert found.sum().item() == pytest.approx(total, rel=1e-9, abs=1e-9)
     names = [s.bn_before_relu for s in model.feature_info.stages]
@@ -207,7 +208,7 @@ def test_a_repdistiller_checkpoint_gives_identical_logits(tmp_path):
 def test_pre_and_post_relu_points_are_consistent():
     model = kdzoo.create_model("resnet20").eval()
     feats = model.features(torch.randn(3, 3, 32, 32))
-    for post, pre in zip(feats.stages, feats.stages_pre):
+    for post, pre in zip(feats.stages, feats.stages_pre, strict=True):
         assert torch.equal(post, torch.relu(pre))
         assert (pre < 0).any()  # really before the ReLU
     assert torch.allclose(feats.pool, feats.stages[-1].mean(dim=(2, 3)))
@@ -227,7 +228,7 @@ def test_other_input_sizes_and_channels(name, size, channels):
     model = kdzoo.create_model(name, num_classes=10, in_chans=channels)
     feats = model.features(torch.randn(2, channels, size, size))
     assert feats.logits.shape == (2, 10)
-    for stage, found in zip(model.feature_info.stages, feats.stages):
+    for stage, found in zip(model.feature_info.stages, feats.stages, strict=True):
         assert found.shape[1] == stage.channels
 
 

@@ -74,7 +74,7 @@ def test_registry_names_and_aliases():
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in NO_PREACT])
 def test_pre_activation_outputs_are_before_the_stage_relu(name, built):
     b = built(name)
-    for post, pre in zip(b.feats["stages"], b.feats["stages_pre"]):
+    for post, pre in zip(b.feats["stages"], b.feats["stages_pre"], strict=True):
         assert (pre < 0).any()
         # ShuffleV2's preact is taken before the unit's channel shuffle (RepDistiller).
         relu = torch.relu(pre)
@@ -101,7 +101,7 @@ def test_symbolic_trace_reproduces_the_features(name, built):
         values = value if isinstance(value, list) else [value]
         got = out[key] if isinstance(value, list) else [out[key]]
         assert len(got) == len(values)
-        assert all(torch.equal(g, v) for g, v in zip(got, values)), key
+        assert all(torch.equal(g, v) for g, v in zip(got, values, strict=True)), key
     # Every BatchNorm is a module call of the graph (kdzoo folds BatchNorms along it).
     called = {node.target for node in traced.graph.nodes if node.op == "call_module"}
     bns = {f"model.{n}" for n, m in b.model.named_modules() if isinstance(m, nn.BatchNorm2d)}

@@ -81,17 +81,17 @@ def test_features_fed_back_reproduce_the_next_ones(run):
             assert torch.equal(model.conv1(run["x"]), raw["stem"])
             groups = (model.block1, model.block2, model.block3)
             inputs = [raw["stem"], *stages[:-1]]
-            for group, x, out in zip(groups, inputs, stages):
+            for group, x, out in zip(groups, inputs, stages, strict=True):
                 assert torch.allclose(group(x), out, rtol=1e-12, atol=1e-12)
             bns = (model.block2.layer[0].bn1, model.block3.layer[0].bn1, model.bn1)
-            for bn, x, out in zip(bns, stages, pre):
+            for bn, x, out in zip(bns, stages, pre, strict=True):
                 assert torch.equal(bn(x), out)
             last = F.relu(pre[-1])
         else:
             assert torch.equal(F.relu(model.block0(run["x"])), raw["stem"])
             groups = (model.block1, model.block2, model.block3, model.block4)
             inputs = [raw["stem"], *stages[:-1]]
-            for index, (group, x) in enumerate(zip(groups, inputs)):
+            for index, (group, x) in enumerate(zip(groups, inputs, strict=True)):
                 x = F.max_pool2d(x, 2) if index < 3 else x  # no pool3 on 32x32 inputs
                 assert torch.allclose(group(x), pre[index], rtol=1e-12, atol=1e-12)
                 assert torch.equal(F.relu(pre[index]), stages[index])
@@ -115,7 +115,7 @@ def test_one_channel_28x28_and_8x8_inputs(name):
         assert raw["logits"].shape == (2, 10) and torch.isfinite(raw["logits"]).all()
         assert raw["stem"].shape == (2, info.stem.channels, size, size)
         assert [tuple(t.shape) for t in raw["stages"]] == [
-            (2, s.channels, side, side) for s, side in zip(info.stages, expected)]
+            (2, s.channels, side, side) for s, side in zip(info.stages, expected, strict=True)]
         assert [t.shape for t in raw["stages_pre"]] == [t.shape for t in raw["stages"]]
         assert raw["pool"].shape == (2, info.pool)
 

@@ -32,15 +32,31 @@ def test_a_recipe_fills_what_the_user_did_not_set():
     assert off.optim.lr == 0.05 and off.method.params == {} and off.recipes == []
 
 
-def test_the_recipes_are_recorded_in_the_run(make_config):
-    c = make_config(method={"name": "crd"}, data={"name": "synthetic", "train_size": 32,
-                                                  "test_size": 16, "image_size": 8},
-                    optim={"epochs": 1, "batch_size": 16})
-    assert c.recipes == []  # synthetic data: no published setting
+def test_the_recipes_are_recorded_in_the_run(tmp_path):
+    """A run on (tiny) CIFAR-100 files gets CRD's published CIFAR-100 weight from its recipe,
+    and its config.yaml and summary.json say which recipe set it."""
+    import torch
+
+    from kdzoo.data.cifar import write_cifar_folder
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(40) % 100
+    write_cifar_folder(tmp_path / "data", "cifar100", images[:32], labels[:32], images[32:],
+                       labels[32:])
+    c = resolve_config(overrides={
+        "method": {"name": "crd", "nce_k": 4}, "teacher": {"name": "resnet8", "untrained": True},
+        "student": {"name": "resnet8"}, "data": {"name": "cifar100",
+                                                 "data_dir": str(tmp_path / "data")},
+        "optim": {"epochs": 1, "batch_size": 16}, "out": str(tmp_path / "run")})
+    assert c.recipes == ["crd-weight-0.8-cifar100"]
     result = fit(c)
-    assert json.loads((result.path / "summary.json").read_text())["recipes"] == []
-    c = resolve_config(overrides={**c.to_dict(), "recipes": ["crd-weight-0.8-cifar100"]})
-    assert yaml.safe_load(c.to_yaml())["recipes"] == ["crd-weight-0.8-cifar100"]
+    summary = json.loads((result.path / "summary.json").read_text())
+    assert summary["recipes"] == ["crd-weight-0.8-cifar100"]
+    assert summary["hyperparameters"]["weight"] == 0.8
+    recorded = yaml.safe_load((result.path / "config.yaml").read_text())
+    assert recorded["recipes"] == ["crd-weight-0.8-cifar100"]
+    assert recorded["method"]["weight"] == 0.8
 
 
 @pytest.mark.parametrize("recipe", load_recipes(), ids=lambda r: r.name)

@@ -36,6 +36,7 @@ def load_student(path):
     return torch.load(path / "student.pt", weights_only=True)["state_dict"]
 
 
+@pytest.mark.process
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
     epochs = ["--epochs", "8"]
     whole = kdzoo_process(*TRAIN, *epochs, "--out", str(tmp_path / "whole"))

@@ -82,6 +82,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics of the global batch, synchronised "
                         "across processes (as one process would compute them)")
+    p.add_argument("--precision", choices=["float32", "float64"],
+                   help="float64: train, evaluate and run the teacher in double precision on "
+                        "the CPU, so runs agree to float64 rounding across process counts and "
+                        "batch shapes (slower; for exactness checks)")
     speed = p.add_argument_group("speed")
     speed.add_argument("--compile", action="store_true",
                        help="torch.compile the student and the frozen teacher (start-up cost)")
@@ -129,6 +133,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("deterministic",): args.deterministic or None,
         ("compile",): args.compile or None,
         ("amp",): args.amp,
+        ("precision",): getattr(args, "precision", None),
         ("cudnn_benchmark",): args.cudnn_benchmark or None,
         ("teacher_cache",): args.teacher_cache or None,
         ("cache_dir",): args.cache_dir,

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -93,6 +93,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out: str | None = None
+    #: float64 trains, evaluates and runs the frozen teacher in double precision (CPU): runs
+    #: then agree to float64 rounding across process counts and batch shapes, which float32
+    #: training does not (it amplifies a 1e-7 rounding difference wherever a ReLU flips)
+    precision: Literal["float32", "float64"] = "float32"
     # The fast path (on by default where it is exact up to float rounding):
     channels_last: bool = True      # NHWC activations: +20-30% on CPUs (oneDNN) and GPUs
     fold_teacher_bn: bool = True    # the frozen teacher runs with BatchNorm folded into its convs

@@ -35,14 +35,16 @@ def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor | None, pad: int) -
 
 
 class Normalize:
-    """uint8 -> float32 ``(x/255 - mean) / std`` as one multiply-add per element."""
+    """uint8 -> ``(x/255 - mean) / std`` in ``dtype`` (float32 by default; float64 for
+    ``--precision float64``) as one multiply-add per element."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...],
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         std_t = torch.tensor(std, dtype=torch.float64)
         mean_t = torch.tensor(mean, dtype=torch.float64)
-        self.scale = (1.0 / (255.0 * std_t)).float().view(1, -1, 1, 1).to(device)
-        self.shift = (-mean_t / std_t).float().view(1, -1, 1, 1).to(device)
+        self.dtype = dtype
+        self.scale = (1.0 / (255.0 * std_t)).to(dtype).view(1, -1, 1, 1).to(device)
+        self.shift = (-mean_t / std_t).to(dtype).view(1, -1, 1, 1).to(device)
 
     def __call__(self, images: Tensor) -> Tensor:
-        return torch.addcmul(self.shift, images.float(), self.scale)
+        return torch.addcmul(self.shift, images.to(self.dtype), self.scale)

@@ -115,17 +115,20 @@ EXTRA_VIEWS: dict[str, Callable[[Tensor, AugmentSpec, torch.Generator], Tensor]]
 
 
 class LoaderBase:
-    """What every loader shares: the batch sizes, the device, and the normalisation and memory
-    format of the batches it yields. ``data`` has ``train_labels``, ``mean`` and ``std``."""
+    """What every loader shares: the batch sizes, the device, and the normalisation, float type
+    and memory format of the batches it yields. ``data`` has ``train_labels``, ``mean`` and
+    ``std``."""
 
     def __init__(self, data: Any, batch_size: int, device: torch.device | str = "cpu",
-                 channels_last: bool = False, eval_batch_size: int | None = None) -> None:
+                 channels_last: bool = False, eval_batch_size: int | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.data = data
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.device = torch.device(device)
         self.channels_last = channels_last
-        self.normalize = Normalize(data.mean, data.std, device)
+        self.dtype = dtype
+        self.normalize = Normalize(data.mean, data.std, device, dtype)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -143,8 +146,10 @@ class BatchLoader(LoaderBase):
     """Cuts, augments and normalises batches of ``data`` on ``device``."""
 
     def __init__(self, data: ImageDataset, batch_size: int, device: torch.device | str = "cpu",
-                 channels_last: bool = False, eval_batch_size: int | None = None) -> None:
-        super().__init__(data.to(device), batch_size, device, channels_last, eval_batch_size)
+                 channels_last: bool = False, eval_batch_size: int | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(data.to(device), batch_size, device, channels_last, eval_batch_size,
+                         dtype)
 
     def epoch_plan(self, seed: int, epoch: int) -> EpochPlan:
         count, spec = len(self.data.train_labels), self.data.augment

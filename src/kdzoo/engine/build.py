@@ -88,6 +88,26 @@ def check_amp(config: TrainConfig, device: torch.device) -> None:
                     "much slower than float32 here (measured 14-30x on AVX2 CPUs)")
 
 
+def check_precision(config: TrainConfig) -> None:
+    """``precision: float64`` is for exact comparisons on the CPU: refused with what would
+    round to float32 or below (AMP, the float16 teacher cache), with torch.compile (inductor's
+    CPU kernels are float32-tuned and reorder sums) and on a GPU."""
+    if config.precision != "float64":
+        return
+    for flag, given in (("--amp", config.amp is not None), ("--compile", config.compile),
+                        ("--teacher-cache", config.teacher_cache)):
+        if given:
+            raise ConfigError(f"--precision float64 cannot be combined with {flag}: drop one "
+                              "of them")
+    if config.device.startswith("cuda"):
+        raise ConfigError("--precision float64 runs on the CPU only: use --device cpu")
+
+
+def run_dtype(config: TrainConfig) -> torch.dtype:
+    """The floating-point type of the run's networks, method parts and batches."""
+    return torch.float64 if config.precision == "float64" else torch.float32
+
+
 #: Images per inference forward on a CPU: small enough for a layer's activations to stay in
 #: the cache (measured: 32 is fastest for CIFAR ResNets on a 2-core machine).
 CPU_INFERENCE_CHUNK = 32
@@ -144,6 +164,7 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(f"nonfinite must be 'stop' or 'skip', got '{config.nonfinite}'")
     if config.amp not in (None, "bf16", "fp16"):
         raise ConfigError(f"amp must be bf16 or fp16 (or unset), got '{config.amp}'")
+    check_precision(config)
     if config.loss.ce < 0 or config.loss.kd < 0 or not config.loss.kd_temperature > 0:
         raise ConfigError("loss.ce and loss.kd must not be negative and loss.kd_temperature "
                           "must be positive")
@@ -301,6 +322,9 @@ def build(config: TrainConfig, device: torch.device | None = None,
     check_distributed(config, dist)
     config = effective_config(config)
     device = device if device is not None else resolve_device(config.device)
+    if config.precision == "float64" and device.type != "cpu":
+        raise ConfigError("--precision float64 runs on the CPU only: use --device cpu")
+    dtype = run_dtype(config)
     check_amp(config, device)
     data = load_run_data(config)
     method_cls = METHODS.get(config.method.name)
@@ -312,10 +336,11 @@ def build(config: TrainConfig, device: torch.device | None = None,
     loader_class = StreamingLoader if streaming else BatchLoader
     loader = loader_class(data, config.optim.batch_size, device,  # type: ignore[arg-type]
                           channels_last=config.channels_last,
-                          eval_batch_size=config.eval_batch_size or chunk)
+                          eval_batch_size=config.eval_batch_size or chunk, dtype=dtype)
     calibrated = {}
     for role in method_cls.roles:
-        network = networks[role.name].to(device=device, memory_format=memory_format)
+        network = networks[role.name].to(device=device, dtype=dtype,
+                                         memory_format=memory_format)
         if not role.trainable:
             section = role_config(config, role)
             if section.checkpoint is None and not section.pretrained:
@@ -340,7 +365,7 @@ def build(config: TrainConfig, device: torch.device | None = None,
             ctx, method_cls.Params.build(config.method.name, config.method.params))
     schedule = build_schedule(config.optim)
     stages = method.stages(Stage("main", config.optim.epochs, schedule))
-    method.to(device)
+    method.to(device=device, dtype=dtype)
     if config.sync_bn and dist.active:  # before the step module compiles its forwards
         for role in method_cls.trainable_roles():
             convert_sync_batchnorm(networks[role.name], device)

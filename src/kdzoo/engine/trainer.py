@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -42,6 +42,12 @@ from .state import load_run_state, run_state
 from .summary import make_summary
 
 log = logging.getLogger("kdzoo")
+
+
+def total_loss(terms: Iterable[Tensor]) -> Tensor:
+    """The sum of the loss terms in float32 or wider (bf16/fp16 terms under autocast are summed
+    in float32; float64 runs stay float64)."""
+    return torch.stack([t if t.dtype == torch.float64 else t.float() for t in terms]).sum()
 
 
 @dataclass
@@ -167,7 +173,7 @@ class Trainer:
         scaler = self.scaler
         with self.autocast:
             terms, logits = self.step_terms(batch, stage, epoch, step_index)
-            loss = torch.stack([t.float() for t in terms.values()]).sum()
+            loss = total_loss(terms.values())
         if all(isinstance(o, DistillationOrientedSGD) for o in setup.optimizers):
             return self._dot_step(setup, terms, loss, logits, step_index)
         for optimizer in setup.optimizers:
@@ -198,7 +204,7 @@ class Trainer:
             for optimizer in setup.optimizers:
                 optimizer.zero_grad(set_to_none=True)
             if groups[task]:
-                torch.stack([t.float() for t in groups[task].values()]).sum().backward(
+                total_loss(groups[task].values()).backward(
                     retain_graph=not task)
             if not setup.guard.check(self.global_epoch + 1, step_index, groups[task] or terms,
                                      setup.params):
