@@ -10,7 +10,7 @@ from torch import fx, nn
 import kdzoo
 from kdzoo.errors import CheckpointError, ConfigError
 from kdzoo.models import count_parameters, feature_shapes
-from kdzoo.models._foreign import adapt_conv_weight
+from kdzoo.models._torchvision import adapt_conv_weight
 from kdzoo.models.registry import canonical_model_name, model_factory
 
 TORCHVISION = ["torchvision/resnet18", "torchvision/mobilenet_v3_small"]
@@ -117,7 +117,7 @@ def test_metadata_matches_the_features_and_logits(name):
             assert torch.equal(model.model(x), raw["logits"])
 
 
-def test_stages_found_in_torchvision_models():
+def test_stages_of_torchvision_models_come_from_the_table():
     resnet = built("torchvision/resnet18")
     assert [(s.channels, s.reduction) for s in resnet.feature_info.stages] == \
         [(64, 2), (64, 4), (128, 8), (256, 16), (512, 32)]
@@ -141,7 +141,7 @@ def test_parameters_and_state_dict_keys_are_the_library_models(name):
 
 def test_timm_without_forward_intermediates_falls_back_to_the_graph():
     timm = pytest.importorskip("timm")
-    from kdzoo.models._foreign import TimmGraphNet
+    from kdzoo.models._timm import TimmGraphNet
 
     model = TimmGraphNet("mobilenetv3_small_050",
                          timm.create_model("mobilenetv3_small_050", num_classes=10), 10, 3)
