@@ -1,5 +1,7 @@
-"""torchvision/<name> and timm/<name> models: the adapters of kdzoo.models._foreign."""
+"""torchvision/<name> and timm/<name> models: the adapters of kdzoo.models._foreign
+(_torchvision, _timm, _graph), the table of torchvision stages and stage_nodes."""
 import copy
+import math
 import sys
 
 import pytest
@@ -10,7 +12,8 @@ from torch import fx, nn
 import kdzoo
 from kdzoo.errors import CheckpointError, ConfigError
 from kdzoo.models import count_parameters, feature_shapes
-from kdzoo.models._foreign import adapt_conv_weight
+from kdzoo.models._graph import make_plan, trace
+from kdzoo.models._torchvision import STAGE_NODES, adapt_conv_weight, build_torchvision
 from kdzoo.models.registry import canonical_model_name, model_factory
 
 TORCHVISION = ["torchvision/resnet18", "torchvision/mobilenet_v3_small"]
@@ -117,7 +120,7 @@ def test_metadata_matches_the_features_and_logits(name):
             assert torch.equal(model.model(x), raw["logits"])
 
 
-def test_stages_found_in_torchvision_models():
+def test_stages_of_torchvision_models_come_from_the_table():
     resnet = built("torchvision/resnet18")
     assert [(s.channels, s.reduction) for s in resnet.feature_info.stages] == \
         [(64, 2), (64, 4), (128, 8), (256, 16), (512, 32)]
@@ -141,7 +144,7 @@ def test_parameters_and_state_dict_keys_are_the_library_models(name):
 
 def test_timm_without_forward_intermediates_falls_back_to_the_graph():
     timm = pytest.importorskip("timm")
-    from kdzoo.models._foreign import TimmGraphNet
+    from kdzoo.models._timm import TimmGraphNet
 
     model = TimmGraphNet("mobilenetv3_small_050",
                          timm.create_model("mobilenetv3_small_050", num_classes=10), 10, 3)
@@ -156,11 +159,201 @@ def test_timm_without_forward_intermediates_falls_back_to_the_graph():
 
 
 @pytest.mark.parametrize("size", [16, 32])
-def test_small_inputs_after_discovery_at_224(size):
+def test_small_inputs_after_shapes_at_224(size):
     model = built("torchvision/resnet18")  # its last stage is 1x1 at 32x32
     with torch.no_grad():
         raw = model.forward_features(images(size))
     assert [tuple(t.shape[1:]) for t in raw["stages"]] == feature_shapes(model, size)["stages"]
+
+
+# ------------------------------------------------------------------------------------------
+# The table of torchvision stages
+
+slow = pytest.mark.slow
+#: The smallest member of every family in the table, and an input size at which the real map
+#: sizes round to the nominal reductions (unpadded networks need larger inputs; MaxViT and ViT
+#: run at 224 only); exact: the maps are ceil(size / reduction), as feature_shapes says.
+FAMILIES = [
+    ("resnet18", 64, True), ("mobilenet_v2", 64, True), ("mobilenet_v3_small", 64, True),
+    ("mobilenet_v3_large", 64, True), ("efficientnet_b0", 64, True),
+    ("efficientnet_v2_s", 64, True),
+    ("regnet_x_400mf", 64, True), ("regnet_y_400mf", 64, True),
+    ("convnext_tiny", 64, True),
+    ("densenet121", 64, True),
+    pytest.param("vgg11", 64, True, marks=slow), pytest.param("vgg11_bn", 64, True, marks=slow),
+    ("shufflenet_v2_x0_5", 64, True), ("mnasnet0_5", 64, True),
+    ("squeezenet1_0", 64, False), ("squeezenet1_1", 64, False),
+    ("alexnet", 128, False), ("googlenet", 64, True),
+    ("inception_v3", 224, False),
+    ("swin_t", 64, True), pytest.param("swin_v2_t", 64, True, marks=slow),
+    pytest.param("maxvit_t", 224, True, marks=slow),
+    pytest.param("vit_b_16", 224, True, marks=slow),
+]
+
+
+def test_the_table_covers_every_torchvision_classifier():
+    names = torchvision.models.list_models(module=torchvision.models)
+    assert sorted(STAGE_NODES) == sorted(names)
+    assert all(STAGE_NODES[n] == () for n in names if n.startswith("vit_"))
+
+
+@pytest.mark.parametrize("arch, size, exact", FAMILIES)
+def test_declared_stages_equal_one_forward(arch, size, exact):
+    torch.manual_seed(0)
+    model = kdzoo.create_model(f"torchvision/{arch}", num_classes=10).eval()
+    info = model.feature_info
+    assert len(info.stages) == len(STAGE_NODES[arch])
+    assert [s.reduction for s in info.stages] == sorted({s.reduction for s in info.stages})
+    with torch.no_grad():
+        raw = model.forward_features(images(size, in_chans=3, n=1))
+    assert len(raw["stages"]) == len(info.stages)
+    for stage, declared in zip(raw["stages"], info.stages, strict=True):
+        assert stage.dim() == 4 and stage.shape[1] == declared.channels  # NCHW (Swin permuted)
+        assert 2 ** round(math.log2(size / stage.shape[2])) == declared.reduction
+    if exact:
+        assert [tuple(t.shape[1:]) for t in raw["stages"]] == feature_shapes(model, size)["stages"]
+    assert tuple(raw["pool"].shape) == (1, info.pool) and tuple(raw["logits"].shape) == (1, 10)
+    with torch.no_grad():
+        assert torch.equal(model(images(size, in_chans=3, n=1)), raw["logits"])
+        if not model.plan.pool_is_map:  # SqueezeNet's classifier is a convolution on the map
+            torch.testing.assert_close(final_layer(model)(raw["pool"]), raw["logits"])
+
+
+def _meta_model(arch, monkeypatch):
+    """torchvision's model with meta weights (RegNet computes its widths with tensors: on the
+    CPU), cheap for the largest members."""
+    from torchvision.models import regnet
+
+    widths = regnet.BlockParams.from_init_params.__func__
+
+    def on_cpu(cls, *args, **kwargs):
+        with torch.device("cpu"):
+            return widths(cls, *args, **kwargs)
+
+    monkeypatch.setattr(regnet.BlockParams, "from_init_params", classmethod(on_cpu))
+    with torch.device("meta"):
+        return build_torchvision(arch, 10, 3, False)
+
+
+@slow
+@pytest.mark.parametrize("arch", sorted(STAGE_NODES))
+def test_every_tabled_member_has_its_stages(arch, monkeypatch):
+    """On the meta device, every member of the table: its nodes give maps at strictly
+    increasing reductions; a node ``parent.N`` of a Sequential (or ModuleList) is the last
+    block before the next reduction (``parent.N+1`` reduces) or the last block of all."""
+    model = _meta_model(arch, monkeypatch)
+    graph, names = trace(model, arch)
+    nodes = STAGE_NODES[arch]
+    following = {}  # stage node -> the next block of its Sequential
+    for node in nodes:
+        parent, _, index = node.rpartition(".")
+        if index.isdigit():
+            siblings = model.get_submodule(parent)
+            assert isinstance(siblings, (nn.Sequential, nn.ModuleList))
+            following[node] = f"{parent}.{int(index) + 1}" if int(index) + 1 < len(siblings) \
+                else None
+    after = [n for n in following.values() if n]
+    plan = make_plan(model, graph, names, [*nodes, *after], 3, 224, arch)
+    stages = dict(zip(nodes, plan.stages))
+    reductions = [s.reduction for s in plan.stages[:len(nodes)]]
+    assert reductions == sorted(set(reductions)) and plan.pool > 0 and plan.logits == 10
+    for node, next_block in following.items():
+        if next_block is None:
+            assert node == nodes[-1]
+        else:
+            reduced = plan.stages[len(nodes) + after.index(next_block)].reduction
+            assert reduced > stages[node].reduction, node
+
+
+def test_stage_nodes_name_the_stages_of_an_untabled_model(monkeypatch):
+    monkeypatch.delitem(STAGE_NODES, "squeezenet1_1")
+    name = "torchvision/squeezenet1_1"
+    bare = kdzoo.create_model(name, num_classes=10).eval()
+    assert bare.feature_info.stages == () and bare.feature_info.pool == 512
+    x = images(64, in_chans=3)
+    with torch.no_grad():
+        raw = bare.forward_features(x)
+    assert raw["stages"] == [] and tuple(raw["logits"].shape) == (2, 10)
+    named = kdzoo.create_model(name, num_classes=10, stage_nodes=["features.4", "features.7.cat",
+                                                                 "features.12"]).eval()
+    assert [(s.channels, s.reduction) for s in named.feature_info.stages] == \
+        [(128, 4), (256, 8), (512, 16)]
+    assert named.plan.stage_nodes == ["features.4.cat", "features.7.cat", "features.12.cat"]
+    named.load_state_dict(bare.state_dict())  # the stages change no weight
+    with torch.no_grad():
+        raw = named.forward_features(x)
+        assert torch.equal(raw["logits"], bare(x))
+    assert [t.shape[1] for t in raw["stages"]] == [128, 256, 512]
+
+
+def test_stage_nodes_replace_the_table():
+    model = built("torchvision/resnet18")
+    chosen = kdzoo.create_model("torchvision/resnet18", num_classes=10, in_chans=1,
+                                stage_nodes=["layer3", "layer4.0"]).eval()
+    assert [(s.channels, s.reduction) for s in chosen.feature_info.stages] == \
+        [(256, 16), (512, 32)]
+    assert chosen.plan.stage_nodes == ["layer3.1.relu_1", "layer4.0.relu_1"]
+    chosen.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        raw, reference = chosen.forward_features(images()), model.forward_features(images())
+    assert torch.equal(raw["stages"][0], reference["stages"][3])
+    assert torch.equal(raw["logits"], reference["logits"])
+    none = kdzoo.create_model("torchvision/resnet18", num_classes=10, stage_nodes=[])
+    assert none.feature_info.stages == () and none.feature_info.pool == 512
+
+
+def test_stage_nodes_replace_timm_feature_info():
+    pytest.importorskip("timm")
+    from kdzoo.models._timm import TimmGraphNet
+
+    model = kdzoo.create_model("timm/resnet18", num_classes=10, in_chans=1,
+                               stage_nodes=["layer2", "layer4"]).eval()
+    assert isinstance(model, TimmGraphNet)
+    assert [(s.channels, s.reduction) for s in model.feature_info.stages] == \
+        [(128, 8), (512, 32)]
+    reference = built("timm/resnet18")  # timm's own feature_info: five stages
+    assert len(reference.feature_info.stages) == 5
+    model.load_state_dict(reference.state_dict())
+    x = images()
+    with torch.no_grad():
+        raw, own = model.forward_features(x), reference.forward_features(x)
+    assert torch.equal(raw["stages"][1], own["stages"][-1])
+    assert torch.equal(raw["pool"], own["pool"]) and torch.equal(raw["logits"], own["logits"])
+
+
+@pytest.mark.parametrize("name, nodes, message", [
+    ("resnet8", ["layer1"], "stage_nodes applies to torchvision/ and timm/ models"),
+    ("torchvision/resnet18", ["layer1", "layr4"],
+     "torchvision/resnet18 has no node 'layr4' \\(did you mean 'layer4'"),
+    ("torchvision/resnet18", ["fc"], "stage node 'fc' gives a \\(1, 10\\) tensor, not a"),
+    ("torchvision/resnet18", "layer1", "must be a list of node names"),
+])
+def test_stage_nodes_refusals_are_one_line(name, nodes, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        kdzoo.create_model(name, num_classes=10, stage_nodes=nodes)
+    assert "\n" not in str(error.value)
+
+
+def test_an_unknown_node_lists_some_valid_names():
+    with pytest.raises(ConfigError) as error:
+        kdzoo.create_model("torchvision/resnet18", stage_nodes=["block9"])
+    assert "its nodes include 'x', 'conv1', 'bn1', 'relu', 'maxpool', 'layer1'" in \
+        str(error.value)
+
+
+def test_export_round_trip_with_stage_nodes(tmp_path):
+    name = "torchvision/mnasnet0_5"
+    model = randomise_batchnorm(kdzoo.create_model(name, num_classes=10,
+                                                   stage_nodes=["layers.9", "layers.16"]))
+    path = tmp_path / "export.pth"
+    kdzoo.export_model(model.eval(), path)
+    table = kdzoo.create_model(name, num_classes=10, checkpoint=path).eval()
+    assert len(table.feature_info.stages) == 5
+    x = images(in_chans=3)
+    with torch.no_grad():
+        assert torch.equal(table(x), model(x))
+        assert torch.equal(table.forward_features(x)["stages"][2],
+                           model.forward_features(x)["stages"][0])
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ a model name must go through it (``MODELS.get`` knows the registered names only)
 ``list_models`` lists kdzoo's own models."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +34,8 @@ def register_model(name: str, family: str = "", aliases: tuple[str, ...] = ()) -
 def model_factory(name: str) -> Callable[..., FeatureNet]:
     """The factory ``f(num_classes=, in_chans=)`` of model ``name``: a registered kdzoo model or
     an adapter of a ``torchvision/`` or ``timm/`` model (whose factory also takes
-    ``pretrained=``); a one-line ConfigError for an unknown name, with the nearest names."""
+    ``pretrained=`` and ``stage_nodes=``); a one-line ConfigError for an unknown name, with
+    the nearest names."""
     # Late import: torchvision's feature extraction and timm load only when named.
     from ._foreign import foreign_factory
 
@@ -61,6 +63,7 @@ def create_model(
     checkpoint_key: str | None = None,
     trust_checkpoint: bool = False,
     pretrained: bool = False,
+    stage_nodes: Sequence[str] | None = None,
 ) -> FeatureNet:
     """Build a registered network, or a ``torchvision/``/``timm/`` one, optionally loading
     weights from ``checkpoint``.
@@ -73,6 +76,14 @@ def create_model(
     ``checkpoint`` may be a kdzoo export, a plain ``torch.save(model.state_dict())``, a reference
     zoo file (state dict under 'net', 'snet', 'tnet', 'net1' or 'net2') or a RepDistiller /
     mdistiller file (``{'model': state_dict}``); see :mod:`kdzoo.models.checkpoint`.
+
+    ``stage_nodes`` (torchvision and timm models only) names the network's stage outputs, in
+    the node names of ``torchvision.models.feature_extraction.create_feature_extractor`` (a
+    module name stands for its output, e.g. ``["layer1", "layer2.1.relu_1"]``): for a
+    torchvision model outside kdzoo's table (which has no stages otherwise) or instead of
+    the table, for a timm model instead of its ``feature_info``; ``[]`` gives no stages.
+    Their channels and reductions are read from the traced graph; an unknown name is
+    refused in one line with the nearest names.
     """
     from .checkpoint import load_weights  # late import: checkpoint needs the registry
 
@@ -81,7 +92,16 @@ def create_model(
     if pretrained and not getattr(factory, "supports_pretrained", False):
         raise ConfigError(f"model {canonical} has no pretrained weights (only torchvision/ and "
                           "timm/ models do): drop pretrained, or pass a checkpoint")
-    extra = {"pretrained": True} if pretrained else {}
+    extra: dict[str, object] = {"pretrained": True} if pretrained else {}
+    if stage_nodes is not None:
+        if not getattr(factory, "supports_stage_nodes", False):
+            raise ConfigError(f"stage_nodes applies to torchvision/ and timm/ models, not to "
+                              f"kdzoo's {canonical}, whose stages are its own: drop stage_nodes")
+        if isinstance(stage_nodes, str) or \
+                not all(isinstance(n, str) and n for n in stage_nodes):
+            raise ConfigError(f"stage_nodes of {canonical} must be a list of node names, not "
+                              f"{stage_nodes!r}")
+        extra["stage_nodes"] = tuple(stage_nodes)
     model = factory(num_classes=num_classes, in_chans=in_chans, **extra)
     model.model_name = canonical
     model.num_classes = num_classes
