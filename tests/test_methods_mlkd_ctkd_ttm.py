@@ -503,27 +503,3 @@ def test_every_operation_is_reachable_with_values_in_range():
         chosen = plan.values[plan.ops == index]
         assert (chosen >= low).all() and (chosen <= high).all(), name
     assert ((plan.cutout >= 0) & (plan.cutout < 1)).all()
-
-
-def test_torchvision_policy_reaches_every_operation_with_its_magnitudes(monkeypatch):
-    from torchvision.transforms.v2 import RandAugment
-
-    space = RandAugment._AUGMENTATION_SPACE
-    assert tuple(space) == R.TORCHVISION_OPS
-    for name, (bins, signed) in space.items():
-        table = bins(31, 16, 20)
-        expected = 0.0 if table is None else float(table[10])
-        assert R.torchvision_magnitude(name, 10, 16, 20) == pytest.approx(expected)
-        assert (name in R._SIGNED) == signed
-    seen = []
-    original = R._torchvision_op
-    monkeypatch.setattr(R, "_torchvision_op",
-                        lambda image, name, value: seen.append((name, value)) or
-                        original(image, name, value))
-    images = torch.randint(0, 256, (100, 3, 16, 16), dtype=torch.uint8)
-    out = R.rand_augment(images, torch.Generator().manual_seed(0), 2, 9, policy="torchvision")
-    assert out.shape == images.shape and out.dtype == torch.uint8
-    assert {name for name, _ in seen} == set(R.TORCHVISION_OPS)
-    assert any(v < 0 for name, v in seen if name == "Rotate")
-    again = R.rand_augment(images, torch.Generator().manual_seed(0), 2, 9, policy="torchvision")
-    assert torch.equal(out, again)
