@@ -19,7 +19,8 @@ def make_ctx(labels, s_dim=6, t_dim=10, num_classes=None):
     labels = torch.as_tensor(labels)
     num_classes = num_classes or int(labels.max()) + 1
     info = lambda d: FeatureInfo(stages=(), pool=d, logits=num_classes)  # noqa: E731
-    return MethodContext(info(s_dim), info(t_dim), num_classes, 8, 3, labels)
+    return MethodContext({"student": info(s_dim), "teacher": info(t_dim)}, num_classes, 8, 3,
+                         labels)
 
 
 def make_crd(labels, seed=0, dtype=torch.float32, **params):
@@ -31,7 +32,7 @@ def make_crd(labels, seed=0, dtype=torch.float32, **params):
 def make_step(labels, indices, step=0, seed=0):
     indices = torch.as_tensor(indices)
     batch = Batch(torch.zeros(len(indices), 3, 1, 1), torch.as_tensor(labels)[indices], indices)
-    return Step(batch, STAGE, epoch=1, step=step, student=None, teacher=None, seed=seed)
+    return Step(batch, STAGE, epoch=1, step=step, seed=seed)
 
 
 def features(batch, seed, dtype=torch.float32, s_dim=6, t_dim=10):
@@ -97,7 +98,7 @@ def test_tiny_dataset_with_default_nce_k_trains():
     labels = torch.arange(32) % 4
     method = make_crd(labels)  # 16384 negatives from pools of 24: with replacement
     s, t = features(8, seed=5, s_dim=6, t_dim=10)
-    terms = method(s, t, make_step(labels, torch.arange(8)))
+    terms = method({"student": s, "teacher": t}, make_step(labels, torch.arange(8)))
     assert math.isfinite(terms["crd"].item())
     terms["crd"].backward()
     assert s.pool.grad is not None and method.embed_t.linear.weight.grad is not None
@@ -141,7 +142,7 @@ def test_memory_update_formula_and_untouched_rows():
     before_t, before_s = method.memory_t.clone(), method.memory_s.clone()
     indices = torch.tensor([3, 17, 22, 39])
     s, t = features(4, seed=8)
-    method(s, t, make_step(labels, indices))
+    method({"student": s, "teacher": t}, make_step(labels, indices))
     with torch.no_grad():
         e_t, e_s = method.embed_t(t.pool), method.embed_s(s.pool)
     for memory, before, e in ((method.memory_t, before_t, e_t), (method.memory_s, before_s, e_s)):
@@ -164,11 +165,12 @@ def test_normalisers_are_fixed_on_the_first_call_and_saved():
         e_s, e_t = method.embed_s(s.pool), method.embed_t(t.pool)
         raw_t = torch.exp((method.memory_s[sample] @ e_t.unsqueeze(2)).squeeze(2) / 0.1)
         raw_s = torch.exp((method.memory_t[sample] @ e_s.unsqueeze(2)).squeeze(2) / 0.1)
-    method(s, t, step)
+    method({"student": s, "teacher": t}, step)
     z_t, z_s = method.z_t.item(), method.z_s.item()
     assert z_t == pytest.approx(raw_t.mean().item() * 40, rel=1e-12)
     assert z_s == pytest.approx(raw_s.mean().item() * 40, rel=1e-12)
-    method(*features(5, seed=10, dtype=torch.float64), make_step(labels, indices + 1, step=1))
+    s, t = features(5, seed=10, dtype=torch.float64)
+    method({"student": s, "teacher": t}, make_step(labels, indices + 1, step=1))
     assert (method.z_t.item(), method.z_s.item()) == (z_t, z_s)
     resumed = make_crd(labels, seed=99, feat_dim=8, nce_k=12, dtype=torch.float64)
     resumed.load_state_dict(method.state_dict())
@@ -214,7 +216,8 @@ def test_fast_scores_equal_the_gather_reference(batch):
     grads_ref = {n: p.grad.clone() for n, p in method.named_parameters()}
     method.zero_grad()
 
-    value = method(s, t, step)["crd"]  # also updates the banks: backward must still work
+    # also updates the banks: backward must still work
+    value = method({"student": s, "teacher": t}, step)["crd"]
     value.backward()
     assert value.item() == pytest.approx(expected.item(), rel=1e-12)
     assert torch.allclose(s.pool.grad, s_ref.grad, rtol=1e-10, atol=1e-14)
@@ -228,7 +231,8 @@ def test_same_step_gives_the_same_loss_and_banks():
     for _ in range(2):
         method = make_crd(labels, seed=3, feat_dim=8, nce_k=20)
         s, t = features(6, seed=12)
-        loss = method(s, t, make_step(labels, torch.arange(6) * 8, step=2, seed=5))["crd"]
+        step = make_step(labels, torch.arange(6) * 8, step=2, seed=5)
+        loss = method({"student": s, "teacher": t}, step)["crd"]
         results.append((loss.item(), method.memory_t.clone(), method.memory_s.clone()))
     assert results[0][0] == results[1][0]
     assert torch.equal(results[0][1], results[1][1]) and torch.equal(results[0][2],

@@ -36,7 +36,7 @@ def networks(teacher, student, num_classes=10):
 
 
 def context(t, s, image_size=16):
-    return MethodContext(student_info=s.feature_info, teacher_info=t.feature_info,
+    return MethodContext(infos={"student": s.feature_info, "teacher": t.feature_info},
                          num_classes=t.num_classes, image_size=image_size, in_chans=3,
                          train_labels=torch.zeros(8, dtype=torch.long))
 
@@ -53,7 +53,8 @@ def features(t, s, image_size=16, batch=4, seed=0):
 
 
 def step(t, s, epoch=1):
-    return Step(batch=None, stage=Stage("main", 240), epoch=epoch, step=0, student=s, teacher=t)
+    return Step(batch=None, stage=Stage("main", 240), epoch=epoch, step=0,
+                networks={"student": s, "teacher": t})
 
 
 # ------------------------------------------------------------------------------- defaults
@@ -151,7 +152,7 @@ def test_reviewkd_sizes_met_at_run_time_are_the_references():
     for abf in method.abfs:
         abf.register_forward_hook(lambda m, args, out: seen.append(
             (args[0].shape[-1], out[0].shape[-1])))
-    method(student, teacher, step(t, s))
+    method({"student": student, "teacher": teacher}, step(t, s))
     assert [a for a, _ in seen] == [1, 8, 16, 32] and [b for _, b in seen] == [1, 8, 16, 32]
 
 
@@ -199,15 +200,16 @@ def test_reviewkd_term_and_warmup_per_epoch(teacher, student):
     method.eval()  # BatchNorm with running statistics: the same value at every call
     student_features, teacher_features, _ = features(t, s)
     expected = reference_review(method, student_features, teacher_features)
+    both = {"student": student_features, "teacher": teacher_features}
     for epoch in range(1, 26):
-        terms = method(student_features, teacher_features, step(t, s, epoch))
+        terms = method(both, step(t, s, epoch))
         assert set(terms) == {"reviewkd"}
         factor = min(epoch / 20, 1.0)
         assert terms["reviewkd"].item() == pytest.approx(factor * expected.item(), rel=1e-5)
     weighted = create_method("reviewkd", context(t, s), weight=5.0, warmup_epochs=0)
     weighted.load_state_dict(method.state_dict())
     weighted.eval()
-    assert weighted(student_features, teacher_features, step(t, s, 1))["reviewkd"].item() == \
+    assert weighted(both, step(t, s, 1))["reviewkd"].item() == \
         pytest.approx(5.0 * expected.item(), rel=1e-5)
     assert [warmup_factor(e, 3) for e in (1, 2, 3, 4)] == [1 / 3, 2 / 3, 1.0, 1.0]
 
@@ -253,7 +255,7 @@ def test_kdsvd_term_is_the_functional_on_all_stages(teacher, student):
     pairs = [match_spatial_size(a, b) for a, b in zip(student_features.stages,
                                                       teacher_features.stages, strict=True)]
     expected = kdsvd([a for a, _ in pairs], [b for _, b in pairs], k=1)
-    terms = method(student_features, teacher_features, step(t, s))
+    terms = method({"student": student_features, "teacher": teacher_features}, step(t, s))
     assert set(terms) == {"kdsvd"}
     assert terms["kdsvd"].item() == pytest.approx(2.0 * expected.item(), rel=1e-6)
     assert all(b.shape[-1] == a.shape[-1] for a, b in pairs)
@@ -269,7 +271,8 @@ def test_ickd_embedding_and_term():
                                                                                   None)
     assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == 256
     student_features, teacher_features, _ = features(t, s)
-    terms = method(student_features, teacher_features, step(t, s))  # train mode: batch stats
+    terms = method({"student": student_features, "teacher": teacher_features},
+                   step(t, s))  # train mode: batch stats
     embedded = bn(conv(student_features.stages[-1]))
     assert embedded.shape == teacher_features.stages[-1].shape
     expected = inter_channel_correlation(embedded, teacher_features.stages[-1])
@@ -282,7 +285,8 @@ def test_ickd_other_spatial_sizes():
     method = create_method("ickd", context(t, s))
     student_features, teacher_features, _ = features(t, s)
     assert student_features.stages[-1].shape[-1] != teacher_features.stages[-1].shape[-1]
-    assert torch.isfinite(method(student_features, teacher_features, step(t, s))["ickd"])
+    both = {"student": student_features, "teacher": teacher_features}
+    assert torch.isfinite(method(both, step(t, s))["ickd"])
 
 
 # ------------------------------------------------------------------------------------ SRD
@@ -305,7 +309,7 @@ def test_srd_terms_and_gradients(teacher, student):
         p.requires_grad_(False)
     student_features, teacher_features, _ = features(t, s)
     method.eval()
-    terms = method(student_features, teacher_features, step(t, s))
+    terms = method({"student": student_features, "teacher": teacher_features}, step(t, s))
     regressed = method.connector(student_features.pre_pool)
     pooled = F.avg_pool2d(regressed, regressed.size(2)).view(regressed.size(0), -1)
     logits = t.classifier_layer()(pooled)
@@ -365,7 +369,7 @@ def test_simkd_term_and_spatial_alignment(teacher, student):
     else:
         source, target = sm, F.adaptive_avg_pool2d(tm, sm.shape[2:])
     method.eval()
-    terms = method(student_features, teacher_features, step(t, s))
+    terms = method({"student": student_features, "teacher": teacher_features}, step(t, s))
     assert set(terms) == {"simkd"}
     assert terms["simkd"].item() == pytest.approx(
         3.0 * F.mse_loss(method.projector(source), target).item(), rel=1e-6)
@@ -380,7 +384,7 @@ def test_simkd_deployed_student():
     with pytest.raises(KdzooError, match="first training step"):
         method.deployed("student", s)
     student_features, teacher_features, images = features(t, s)
-    method(student_features, teacher_features, step(t, s))
+    method({"student": student_features, "teacher": teacher_features}, step(t, s))
     assert method.deployed("teacher", t) is t
     deployed = method.deployed("student", s)
     assert isinstance(deployed, SimKDStudent) and deployed.backbone is s
@@ -402,7 +406,7 @@ def test_simkd_export_loads(tmp_path):
     t, s = networks("resnet8x4", "resnet8")
     method = create_method("simkd", context(t, s))
     student_features, teacher_features, images = features(t, s)
-    method(student_features, teacher_features, step(t, s))
+    method({"student": student_features, "teacher": teacher_features}, step(t, s))
     deployed = method.deployed("student", s)
     path = tmp_path / "student.pt"
     export_model(deployed, path, method="simkd")

@@ -19,14 +19,16 @@ from states import assert_same_state
 
 def context(num_classes=5, image_size=4, in_chans=2):
     info = FeatureInfo(stages=(), pool=0, logits=num_classes)
-    return MethodContext(student_info=info, teacher_info=info, num_classes=num_classes,
+    return MethodContext(infos={"student": info, "teacher": info}, num_classes=num_classes,
                          image_size=image_size, in_chans=in_chans,
                          train_labels=torch.zeros(1, dtype=torch.long))
 
 
 def make_step(images, labels, student=None, teacher=None, epoch=1, epochs=1, step_index=0):
     batch = Batch(images, labels, torch.arange(len(labels)))
-    return Step(batch, Stage("main", epochs), epoch, step_index, student, teacher, seed=0)
+    networks = {role: net for role, net in (("student", student), ("teacher", teacher))
+                if net is not None}
+    return Step(batch, Stage("main", epochs), epoch, step_index, seed=0, networks=networks)
 
 
 def randn(*shape, seed=0, dtype=torch.float64):
@@ -37,10 +39,10 @@ def randn(*shape, seed=0, dtype=torch.float64):
 def test_logits_method_is_weighted_mse():
     method = create_method("logits", context())
     s, t = randn(3, 5, seed=1), randn(3, 5, seed=2)
-    terms = method(Features(logits=s), Features(logits=t),
+    terms = method({"student": Features(logits=s), "teacher": Features(logits=t)},
                    make_step(randn(3, 2, 4, 4), torch.zeros(3)))
-    pairs = zip(s.flatten().tolist(), t.flatten().tolist(), strict=True)
-    expected = 0.1 * sum((a - b) ** 2 for a, b in pairs)
+    expected = 0.1 * sum((a - b) ** 2 for a, b in zip(s.flatten().tolist(), t.flatten().tolist(),
+                                                        strict=True))
     assert terms["logits"].item() == pytest.approx(expected / 15, rel=1e-12)
 
 
@@ -192,7 +194,8 @@ def test_bss_term_is_the_reference_pipeline():
     s_logits = t_logits + 0.1 * randn(*t_logits.shape, seed=12, dtype=torch.float32)
     step = make_step(images, labels, student, teacher, epoch=3, epochs=8, step_index=4)
     running_before = student.bn1.running_mean.clone()
-    value = method(Features(logits=s_logits), Features(logits=t_logits), step)["bss"]
+    features = {"student": Features(logits=s_logits), "teacher": Features(logits=t_logits)}
+    value = method(features, step)["bss"]
     assert not torch.equal(student.bn1.running_mean, running_before)  # saw the adversarial batch
     assert all(p.grad is None for p in teacher.parameters())
 
@@ -206,31 +209,32 @@ def test_bss_term_is_the_reference_pipeline():
     value.backward()
     assert student.fc.weight.grad is not None and student.fc.weight.grad.abs().sum() > 0
     # same step, same draws: the term is reproducible (resumed runs repeat it exactly)
-    again = method(Features(logits=s_logits), Features(logits=t_logits), step)["bss"]
+    again = method(features, step)["bss"]
     assert again.item() == pytest.approx(value.item(), rel=1e-6)
 
 
 def test_bss_is_a_zero_scalar_without_lambda_or_candidates():
     teacher, student, images, t_logits, labels = bss_setup()
     method = create_method("bss", context(10, 16, 3))
+    features = {"student": Features(logits=t_logits), "teacher": Features(logits=t_logits)}
     warm = make_step(images, labels, student, teacher, epoch=10, epochs=200)
-    value = method(Features(logits=t_logits), Features(logits=t_logits), warm)["bss"]
+    value = method(features, warm)["bss"]
     assert value.dim() == 0 and value.item() == 0.0
     late = make_step(images, labels, student, teacher, epoch=50, epochs=200)
     wrong = (labels + 1) % 10  # nobody is right: no candidates
-    value = method(Features(logits=t_logits), Features(logits=t_logits),
-                   make_step(images, wrong, student, teacher, epoch=50, epochs=200))["bss"]
+    value = method(features, make_step(images, wrong, student, teacher, epoch=50,
+                                       epochs=200))["bss"]
     assert value.dim() == 0 and value.item() == 0.0
-    assert method(Features(logits=t_logits), Features(logits=t_logits), late)["bss"].item() > 0
+    assert method(features, late)["bss"].item() > 0
 
 
 def test_bss_squared_temperature_option_scales_by_t_squared():
     teacher, student, images, t_logits, labels = bss_setup()
     student.eval()  # same outputs for both calls
     step = make_step(images, labels, student, teacher, epoch=20, epochs=100)
+    features = {"student": Features(logits=t_logits), "teacher": Features(logits=t_logits)}
     terms = [create_method("bss", context(10, 16, 3), squared_temperature=sq)(
-        Features(logits=t_logits), Features(logits=t_logits), step)["bss"].item()
-        for sq in (False, True)]
+        features, step)["bss"].item() for sq in (False, True)]
     assert terms[1] == pytest.approx(9.0 * terms[0], rel=1e-5)
 
 
@@ -276,8 +280,8 @@ def test_sobolev_matches_hand_input_gradients(hidden):
         student_weight = student.w1
     method = create_method("sobolev", context(3, 2, 2))
     step = make_step(images, labels, student, teacher)
-    value = method(Features(logits=student(images)), Features(logits=teacher(images)),
-                   step)["sobolev"]
+    value = method({"student": Features(logits=student(images)),
+                    "teacher": Features(logits=teacher(images))}, step)["sobolev"]
     expected = 20.0 * hand(student_weight)
     assert value.item() == pytest.approx(expected.item(), rel=1e-12)
     # the second-order path gives the student the gradient of the hand formula
@@ -292,7 +296,7 @@ def test_sobolev_refuses_images_without_grad():
     images = randn(2, 2, 2, 2)
     method = create_method("sobolev", context(3, 2, 2))
     with pytest.raises(RuntimeError, match="needs_input_grad"):
-        method(Features(logits=net(images)), Features(logits=net(images)),
+        method({"student": Features(logits=net(images)), "teacher": Features(logits=net(images))},
                make_step(images, torch.tensor([0, 1])))
 
 
@@ -318,7 +322,7 @@ def test_lwm_matches_hand_maps(grad_cam):
     student, teacher = PoolNet(4, 22), freeze(PoolNet(6, 23))  # other widths: no connector
     s, t = student.forward_features(images), teacher.forward_features(images)
     method = create_method("lwm", context(3, 3, 2), grad_cam=grad_cam)
-    value = method(features_of(s), features_of(t),
+    value = method({"student": features_of(s), "teacher": features_of(t)},
                    make_step(images, labels, student, teacher))["lwm"]
 
     def cam(net, feats):

@@ -21,7 +21,7 @@ from feature_points import features_of, requested_points
 def context(teacher="resnet8", student="resnet8", data_name="synthetic"):
     t = kdzoo.create_model(teacher, num_classes=10)
     s = kdzoo.create_model(student, num_classes=10)
-    return MethodContext(student_info=s.feature_info, teacher_info=t.feature_info,
+    return MethodContext(infos={"student": s.feature_info, "teacher": t.feature_info},
                          num_classes=10, image_size=16, in_chans=3,
                          train_labels=torch.zeros(8, dtype=torch.long), data_name=data_name)
 
@@ -41,8 +41,8 @@ def features(channels, size, batch, seed, points):
 
 
 def main_step(teacher=None):
-    return Step(batch=None, stage=Stage("main", 1), epoch=1, step=0, student=None,
-                teacher=teacher)
+    networks = {} if teacher is None else {"teacher": teacher}
+    return Step(batch=None, stage=Stage("main", 1), epoch=1, step=0, networks=networks)
 
 
 # ---------------------------------------------------------------------------------------- FT
@@ -64,13 +64,13 @@ def test_ft_stages_lr_losses_and_freezing(make_config):
         if stage.name == "paraphraser":
             seen["paraphraser_frozen"] = snapshot(method.paraphraser)
 
-    def forward(s, t, step):
+    def forward(features, step):
         name = step.stage.name
         seen.setdefault(name, []).append((
-            s is None, method.paraphraser.training,
+            "student" not in features, method.paraphraser.training,
             any(p.requires_grad for p in method.paraphraser.parameters()),
             any(p.requires_grad for p in method.translator.parameters())))
-        return original_forward(s, t, step)
+        return original_forward(features, step)
 
     method.end_stage, method.forward = end_stage, forward
     trainer = Trainer(parts, RunDir.prepare(config.out), progress=False)
@@ -132,7 +132,7 @@ def test_ft_loss_uses_frozen_paraphraser_factor():
     method.train()
     s = {"stage3": torch.rand(2, 64, 4, 4)}
     t = {"stage3": torch.rand(2, 256, 4, 4)}
-    terms = method(features_of(s), features_of(t), main_step())
+    terms = method({"student": features_of(s), "teacher": features_of(t)}, main_step())
     assert set(terms) == {"ft"}
     factor_t, _ = method.paraphraser(t["stage3"])
     assert factor_t.shape == (2, 128, 4, 4)  # k = 0.5 of the teacher's 256 channels
@@ -208,7 +208,7 @@ def test_vid_averages_the_stage_losses():
     t = features((16, 32, 64), sizes, 3, 1, points)
     expected = sum(KF.variational_information_loss(r.regressor(s[p]), t[p], torch.full(
         (t[p].shape[1],), 5.0)) for r, p in zip(method.regressors, points, strict=True)) / 3
-    value = method(features_of(s), features_of(t), main_step())["vid"]
+    value = method({"student": features_of(s), "teacher": features_of(t)}, main_step())["vid"]
     assert value.item() == pytest.approx(2.0 * expected.item(), rel=1e-5)
 
 
@@ -228,7 +228,7 @@ def test_ofd_batch_margin_and_connectors():
         mapped = nn.functional.batch_norm(conv(s[p]), None, None, bn.weight, bn.bias,
                                           training=True)
         losses.append(KF.overhaul_distillation(mapped, t[p], KF.ofd_margin_from_batch(t[p])))
-    value = method(features_of(s), features_of(t), main_step())["ofd"]
+    value = method({"student": features_of(s), "teacher": features_of(t)}, main_step())["ofd"]
     assert value.item() == pytest.approx(0.5 * sum(losses).item() / 3, rel=1e-5)
 
 
@@ -248,7 +248,7 @@ def test_ofd_bn_margin_comes_from_the_teachers_last_bn2():
     s = {p: torch.randn(2, c, 16 // 2**i, 16 // 2**i)
          for i, (p, c) in enumerate(zip(requested_points(type(method)), (16, 32, 64), strict=True))}
     s = features_of(s)
-    assert math.isfinite(method(s, s, main_step(teacher))["ofd"].item())
+    assert math.isfinite(method({"student": s, "teacher": s}, main_step(teacher))["ofd"].item())
 
 
 def test_ofd_bn_margin_needs_a_named_batchnorm_and_margin_names_are_checked():
@@ -280,7 +280,7 @@ def test_afd_works_with_batch_size_one_and_weights_sum_to_one():
             rho = attention(t[p])
             assert rho.shape == (batch, t[p].shape[1])
             assert rho.sum(dim=1).detach() == pytest.approx(torch.ones(batch), abs=1e-6)
-        value = method(features_of(s), features_of(t), main_step())["afd"]
+        value = method({"student": features_of(s), "teacher": features_of(t)}, main_step())["afd"]
         expected = sum(KF.attention_feature_distillation(s[p], t[p], a(t[p]))
                        for a, p in zip(method.attentions, points, strict=True)) / 3
         assert value.item() == pytest.approx(500.0 * expected.item(), rel=1e-5)

@@ -45,7 +45,7 @@ LOGIT_ONLY = ("kd", "dkd", "dist", "nkd", "wsld", "rld")
 def context(student="resnet8", teacher="resnet8", num_classes=10):
     s = kdzoo.create_model(student, num_classes=num_classes)
     t = kdzoo.create_model(teacher, num_classes=num_classes)
-    return MethodContext(student_info=s.feature_info, teacher_info=t.feature_info,
+    return MethodContext(infos={"student": s.feature_info, "teacher": t.feature_info},
                          num_classes=num_classes, image_size=16, in_chans=3,
                          train_labels=torch.zeros(8, dtype=torch.long))
 
@@ -53,7 +53,8 @@ def context(student="resnet8", teacher="resnet8", num_classes=10):
 def step(labels, epoch=1, student=None, teacher=None, images=None):
     images = torch.zeros(len(labels), 3, 1, 1) if images is None else images
     batch = Batch(images, labels, torch.arange(len(labels)))
-    return Step(batch, Stage("main", 240), epoch, 0, student, teacher)
+    networks = {"student": student, "teacher": teacher} if student is not None else {}
+    return Step(batch, Stage("main", 240), epoch, 0, networks=networks)
 
 
 def logit_features(seed=0, batch=8, classes=10):
@@ -110,7 +111,7 @@ def test_terms_equal_the_functional_values(method, overrides):
     student, teacher, labels = logit_features(1)
     params = {**DEFAULTS[method], **overrides}
     m = create_method(method, context(), **overrides)
-    terms = m(student, teacher, step(labels, epoch=100))  # past every warm-up
+    terms = m({"student": student, "teacher": teacher}, step(labels, epoch=100))  # no warm-up
     assert list(terms) == [method]
     expected = functional_value(method, student.logits, teacher.logits, labels, params)
     assert terms[method].item() == pytest.approx(expected.item(), rel=1e-6)
@@ -120,11 +121,12 @@ def test_terms_equal_the_functional_values(method, overrides):
 def test_rld_same_t_switch():
     student, teacher, labels = logit_features(2)
     m = create_method("rld", context(), same_t=False, alpha_temperature=2.0)
-    term = m(student, teacher, step(labels, epoch=30))["rld"]
+    term = m({"student": student, "teacher": teacher}, step(labels, epoch=30))["rld"]
     expected = LK.refined_logit_distillation(student.logits, teacher.logits, labels, 1.0, 8.0,
                                              4.0, 2.0)
     assert term.item() == pytest.approx(expected.item(), rel=1e-6)
-    same = create_method("rld", context())(student, teacher, step(labels, epoch=30))["rld"]
+    same = create_method("rld", context())({"student": student, "teacher": teacher},
+                                           step(labels, epoch=30))["rld"]
     assert same.item() != pytest.approx(term.item(), rel=1e-3)
 
 
@@ -132,7 +134,7 @@ def test_rld_same_t_switch():
 def test_standardize_compares_z_scores(method):
     student, teacher, labels = logit_features(3)
     m = create_method(method, context(), standardize=True)
-    term = m(student, teacher, step(labels, epoch=100))[method]
+    term = m({"student": student, "teacher": teacher}, step(labels, epoch=100))[method]
     z_s, z_t = KF.standardize_logits(student.logits), KF.standardize_logits(teacher.logits)
     expected = functional_value(method, z_s, z_t, labels, DEFAULTS[method])
     assert term.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -145,13 +147,14 @@ def test_warmup_is_linear_over_the_first_20_epochs(method):
     m = create_method(method, context())
     full = functional_value(method, student.logits, teacher.logits, labels, DEFAULTS[method])
     for epoch in range(1, 26):
-        term = m(student, teacher, step(labels, epoch=epoch))[method]
+        term = m({"student": student, "teacher": teacher}, step(labels, epoch=epoch))[method]
         assert term.item() == pytest.approx(min(epoch / 20, 1.0) * full.item(), rel=1e-6), epoch
     m = create_method(method, context(), warmup=5)
-    assert m(student, teacher, step(labels, epoch=2))[method].item() == pytest.approx(
+    features = {"student": student, "teacher": teacher}
+    assert m(features, step(labels, epoch=2))[method].item() == pytest.approx(
         0.4 * full.item(), rel=1e-6)
     m = create_method(method, context(), warmup=0)  # kdzoo: no warm-up
-    assert m(student, teacher, step(labels, epoch=1))[method].item() == pytest.approx(
+    assert m(features, step(labels, epoch=1))[method].item() == pytest.approx(
         full.item(), rel=1e-6)
 
 
@@ -159,8 +162,8 @@ def test_warmup_is_linear_over_the_first_20_epochs(method):
 def test_methods_without_warmup_are_full_from_the_first_epoch(method):
     student, teacher, labels = logit_features(5)
     m = create_method(method, context())
-    first = m(student, teacher, step(labels, epoch=1))[method]
-    later = m(student, teacher, step(labels, epoch=200))[method]
+    first = m({"student": student, "teacher": teacher}, step(labels, epoch=1))[method]
+    later = m({"student": student, "teacher": teacher}, step(labels, epoch=200))[method]
     assert first.item() == later.item()
 
 
@@ -193,10 +196,10 @@ def test_dkd_on_two_classes_is_finite_and_its_nckd_is_zero():
     student, teacher, labels = logit_features(6, batch=8, classes=2)
     student.logits.requires_grad_()
     m = create_method("dkd", context(num_classes=2), alpha=0.0)
-    nckd = m(student, teacher, step(labels, epoch=30))["dkd"]
+    nckd = m({"student": student, "teacher": teacher}, step(labels, epoch=30))["dkd"]
     assert nckd.item() == 0.0
     m = create_method("dkd", context(num_classes=2))
-    term = m(student, teacher, step(labels, epoch=30))["dkd"]
+    term = m({"student": student, "teacher": teacher}, step(labels, epoch=30))["dkd"]
     term.backward()
     assert math.isfinite(term.item()) and torch.isfinite(student.logits.grad).all()
     assert term.item() == pytest.approx(
@@ -204,14 +207,15 @@ def test_dkd_on_two_classes_is_finite_and_its_nckd_is_zero():
     # a confident student does not make the loss infinite
     confident = Features(logits=torch.tensor([[300.0, -300.0], [-300.0, 300.0]]))
     opposite = Features(logits=torch.tensor([[-1.0, 1.0], [1.0, -1.0]]))
-    value = m(confident, opposite, step(torch.tensor([1, 0]), epoch=30))["dkd"]
+    value = m({"student": confident, "teacher": opposite},
+              step(torch.tensor([1, 0]), epoch=30))["dkd"]
     assert math.isfinite(value.item())
 
 
 @pytest.mark.parametrize("method", ["nkd", "rld", "wsld", "dist", "kd"])
 def test_two_classes_work(method):
     student, teacher, labels = logit_features(7, batch=8, classes=2)
-    term = create_method(method, context(num_classes=2))(student, teacher,
+    term = create_method(method, context(num_classes=2))({"student": student, "teacher": teacher},
                                                           step(labels, epoch=30))[method]
     assert math.isfinite(term.item())
 
@@ -229,7 +233,7 @@ def sdd_setup(student_name="resnet8", teacher_name="resnet8x4", seed=0, batch=6,
     with torch.no_grad():
         t_feats = teacher.features(images)
     ctx = context(student_name, teacher_name)
-    return ctx, student, teacher, images, labels, s_feats, t_feats
+    return ctx, student, teacher, images, labels, {"student": s_feats, "teacher": t_feats}
 
 
 def hand_regions(feature_map, fc, scales):
@@ -251,11 +255,12 @@ def test_sdd_asks_for_the_pre_pool_map():
 @pytest.mark.parametrize("base", ["kd", "dkd", "nkd"])
 @pytest.mark.parametrize("scales", [("1,2,4", (1, 2, 4)), ("1,2", (1, 2))])
 def test_sdd_term_is_the_functional_on_the_pyramid_logits(base, scales):
-    ctx, student, teacher, images, labels, s_feats, t_feats = sdd_setup()
+    ctx, student, teacher, images, labels, feats = sdd_setup()
     name, sizes = scales
     m = create_method("sdd", ctx, base=base, scales=name)
     p = m.params
-    term = m(s_feats, t_feats, step(labels, epoch=100, student=student, teacher=teacher))["sdd"]
+    term = m(feats, step(labels, epoch=100, student=student, teacher=teacher))["sdd"]
+    s_feats, t_feats = feats["student"], feats["teacher"]
     s_regions = hand_regions(s_feats.pre_pool, student.fc, sizes)
     t_regions = hand_regions(t_feats.pre_pool, teacher.fc, sizes)
     assert s_regions.shape == (6, sum(s * s for s in sizes), 10)
@@ -275,11 +280,11 @@ def test_sdd_per_base_defaults_and_warmup(base, ce_weight, weight, warmup):
         **DEFAULTS["sdd"], "base": base, "ce_weight": ce_weight, "weight": weight,
         "warmup": warmup, **LOGIT_OPTIONS}
     assert resolve_method_params("sdd", {"base": base, "weight": 3.0})["weight"] == 3.0
-    ctx, student, teacher, images, labels, s_feats, t_feats = sdd_setup(seed=1)
+    ctx, student, teacher, images, labels, feats = sdd_setup(seed=1)
     m = create_method("sdd", ctx, base=base)
     assert m.stages(Stage("main", 240))[0].ce_weight == ce_weight
     with torch.no_grad():
-        values = [m(s_feats, t_feats, step(labels, epoch, student, teacher))["sdd"].item()
+        values = [m(feats, step(labels, epoch, student, teacher))["sdd"].item()
                   for epoch in range(1, 26)]
     full = values[-1]
     for epoch, value in enumerate(values, start=1):
@@ -289,10 +294,10 @@ def test_sdd_per_base_defaults_and_warmup(base, ce_weight, weight, warmup):
 
 @pytest.mark.parametrize("base", ["kd", "dkd", "nkd"])
 def test_sdd_with_one_scale_is_the_base_method_on_the_logits(base):
-    ctx, student, teacher, images, labels, s_feats, t_feats = sdd_setup(seed=2)
+    ctx, student, teacher, images, labels, feats = sdd_setup(seed=2)
     m = create_method("sdd", ctx, base=base, scales="1")
-    term = m(s_feats, t_feats, step(labels, epoch=100, student=student, teacher=teacher))["sdd"]
-    s, t = s_feats.logits, t_feats.logits
+    term = m(feats, step(labels, epoch=100, student=student, teacher=teacher))["sdd"]
+    s, t = feats["student"].logits, feats["teacher"].logits
     expected = {"kd": lambda: 0.9 * KF.soft_target(s, t, 4.0),
                 "dkd": lambda: LK.decoupled_kd(s, t, labels, 1.0, 8.0, 4.0),
                 "nkd": lambda: LK.normalized_kd(s, t, labels, 4.0, 8.0)}[base]()
@@ -300,9 +305,9 @@ def test_sdd_with_one_scale_is_the_base_method_on_the_logits(base):
 
 
 def test_sdd_gradients_reach_the_student_and_its_classifier_only():
-    ctx, student, teacher, images, labels, s_feats, t_feats = sdd_setup(seed=3)
+    ctx, student, teacher, images, labels, feats = sdd_setup(seed=3)
     m = create_method("sdd", ctx)
-    term = m(s_feats, t_feats, step(labels, epoch=100, student=student, teacher=teacher))["sdd"]
+    term = m(feats, step(labels, epoch=100, student=student, teacher=teacher))["sdd"]
     term.backward()
     assert student.fc.weight.grad is not None and student.fc.weight.grad.abs().sum() > 0
     assert student.conv1.weight.grad.abs().sum() > 0
@@ -311,12 +316,12 @@ def test_sdd_gradients_reach_the_student_and_its_classifier_only():
 
 def test_sdd_works_across_families_and_map_sizes():
     # wrn_40_2 (8x8 map at 32 px) teaches ShuffleV1 (4x4): both pooled to the same 4x4 grid
-    ctx, student, teacher, images, labels, s_feats, t_feats = sdd_setup(
+    ctx, student, teacher, images, labels, feats = sdd_setup(
         "ShuffleV1", "wrn_40_2", seed=4, batch=4, size=32)
     m = create_method("sdd", ctx)
-    term = m(s_feats, t_feats, step(labels, epoch=100, student=student, teacher=teacher))["sdd"]
+    term = m(feats, step(labels, epoch=100, student=student, teacher=teacher))["sdd"]
     assert math.isfinite(term.item()) and term.item() > 0
-    s_regions, _ = m.region_logits(s_feats, t_feats, step(labels, 1, student, teacher))
+    s_regions, _ = m.region_logits(feats, step(labels, 1, student, teacher))
     assert s_regions.shape == (4, 21, 10)
 
 

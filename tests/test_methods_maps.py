@@ -20,7 +20,7 @@ MAP_METHODS = ("at", "fitnet", "nst", "sp", "fsp", "ab")
 
 
 def context(student_info, teacher_info):
-    return MethodContext(student_info=student_info, teacher_info=teacher_info,
+    return MethodContext(infos={"student": student_info, "teacher": teacher_info},
                          num_classes=10, image_size=16, in_chans=3,
                          train_labels=torch.zeros(8, dtype=torch.long))
 
@@ -93,7 +93,7 @@ def test_equal_widths_give_the_reference_loss_without_connectors(method):
         s = {k: v + 0.1 * torch.randn_like(v) for k, v in s.items()}  # student != teacher
     m = create_method(method, ctx)
     assert list(m.parameters()) == []
-    terms = m(features_of(s), features_of(t), None)
+    terms = m({"student": features_of(s), "teacher": features_of(t)}, None)
     assert list(terms) == [method]
     expected = reference_value(method, s, t)
     assert terms[method].item() == pytest.approx(expected.item(), rel=1e-6)
@@ -106,12 +106,12 @@ def test_weight_and_options_are_applied():
     with torch.no_grad():
         s, t = point_features(s_net, images), point_features(t_net, images)
         s = {k: v + 0.5 for k, v in s.items()}
-    S, T = features_of(s), features_of(t)
-    at3 = create_method("at", ctx, weight=2.0, p=3.0)(S, T, None)["at"]
+    both = {"student": features_of(s), "teacher": features_of(t)}
+    at3 = create_method("at", ctx, weight=2.0, p=3.0)(both, None)["at"]
     expected = sum(KF.attention_transfer(s[k], t[k], 3.0) for k in
                    ("stage1", "stage2", "stage3")) / 3 * 2.0
     assert at3.item() == pytest.approx(expected.item(), rel=1e-6)
-    ab1 = create_method("ab", ctx, weight=1.0, margin=1.0)(S, T, None)["ab"]
+    ab1 = create_method("ab", ctx, weight=1.0, margin=1.0)(both, None)["ab"]
     expected = sum(KF.activation_boundary(s[k], t[k], 1.0) for k in
                    ("stage1_pre", "stage2_pre", "stage3_pre")) / 3
     assert ab1.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -137,17 +137,17 @@ def test_connectors_only_for_other_widths(method, connected):
         conv, bn = m.connectors[point]
         assert conv.kernel_size == (1, 1) and conv.bias is None
         assert (conv.in_channels, conv.out_channels) == (
-            channels(ctx.student_info, point), channels(ctx.teacher_info, point))
-        assert bn.num_features == channels(ctx.teacher_info, point)
+            channels(ctx.infos["student"], point), channels(ctx.infos["teacher"], point))
+        assert bn.num_features == channels(ctx.infos["teacher"], point)
 
 
 @pytest.mark.parametrize("method", ["fitnet", "fsp", "ab"])
 def test_a_connector_only_where_a_point_differs(method):
     ctx, *_ = model_context("resnet8", "resnet8")
-    stages = ctx.teacher_info.stages
-    teacher_info = replace(ctx.teacher_info, stages=(  # stage2 and stage3 wider
+    stages = ctx.infos["teacher"].stages
+    teacher_info = replace(ctx.infos["teacher"], stages=(  # stage2 and stage3 wider
         stages[0], *(StageInfo(48, s.reduction, s.preact) for s in stages[1:])))
-    m = create_method(method, context(ctx.student_info, teacher_info))
+    m = create_method(method, context(ctx.infos["student"], teacher_info))
     expected = {"fitnet": {"stage3"}, "fsp": {"stage2", "stage3"},
                 "ab": {"stage2_pre", "stage3_pre"}}[method]
     assert set(m.connectors) == expected
@@ -161,7 +161,7 @@ def test_other_widths_give_finite_losses(method):
     with torch.no_grad():
         t = t_net.features(images)
     m = create_method(method, ctx)
-    value = m(s, t, None)[method]
+    value = m({"student": s, "teacher": t}, None)[method]
     assert torch.isfinite(value) and value.dim() == 0
     value.backward()
     assert all(p.grad is not None for p in m.parameters())

@@ -16,14 +16,14 @@ def pair_features(teacher="resnet8x4", student="resnet8", batch=6):
     s_net = create_model(student, num_classes=5)
     t_net = create_model(teacher, num_classes=5)
     images = torch.randn(batch, 3, 16, 16)
-    ctx = MethodContext(s_net.feature_info, t_net.feature_info, 5, 16, 3,
+    ctx = MethodContext({"student": s_net.feature_info, "teacher": t_net.feature_info}, 5, 16, 3,
                         torch.arange(20) % 5)
     with torch.no_grad():
         return ctx, point_features(s_net, images), point_features(t_net, images)
 
 
 def step():
-    return Step(None, Stage("main", 1), 1, 0, None, None)  # type: ignore[arg-type]
+    return Step(None, Stage("main", 1), 1, 0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("name,points,defaults", [
@@ -49,18 +49,18 @@ def test_relation_methods_need_no_connector_for_other_widths(name):
 
 def test_method_terms_are_the_weighted_functional_losses():
     ctx, s, t = pair_features()
-    S, T = features_of(s), features_of(t)
-    pkt = create_method("pkt", ctx, weight=3.0)(S, T, step())
+    both = {"student": features_of(s), "teacher": features_of(t)}
+    pkt = create_method("pkt", ctx, weight=3.0)(both, step())
     assert torch.allclose(pkt["pkt"], 3 * KF.probabilistic_knowledge_transfer(s["pool"],
                                                                               t["pool"]))
-    rkd = create_method("rkd", ctx, weight=2.0)(S, T, step())
+    rkd = create_method("rkd", ctx, weight=2.0)(both, step())
     assert set(rkd) == {"rkd_distance", "rkd_angle"}
     assert torch.allclose(rkd["rkd_distance"] + rkd["rkd_angle"],
                           2 * KF.relational_kd(s["pool"], t["pool"]))
-    assert set(create_method("rkd", ctx, w_angle=0.0)(S, T, step())) == {"rkd_distance"}
-    cc = create_method("cc", ctx, weight=5.0, gamma=0.3, order=3)(S, T, step())
+    assert set(create_method("rkd", ctx, w_angle=0.0)(both, step())) == {"rkd_distance"}
+    cc = create_method("cc", ctx, weight=5.0, gamma=0.3, order=3)(both, step())
     assert torch.allclose(cc["cc"], 5 * KF.correlation_congruence(s["pool"], t["pool"], 0.3, 3))
-    irg = create_method("irg", ctx, weight=2.0, w_vert=1.0, w_edge=2.0, w_tran=3.0)(S, T, step())
+    irg = create_method("irg", ctx, weight=2.0, w_vert=1.0, w_edge=2.0, w_tran=3.0)(both, step())
     assert set(irg) == {"irg_vertex", "irg_edge", "irg_transformation"}
     expected = 2 * KF.instance_relation_graph(
         [s[k] for k in ("stage2", "stage3", "pool", "logits")],

@@ -33,8 +33,8 @@ def pair(teacher="resnet8x4", student="resnet8", batch=6, image=16):
     s_raw = s_net.forward_features(images)
     with torch.no_grad():
         t_raw = t_net.forward_features(images)
-    ctx = MethodContext(s_net.feature_info, t_net.feature_info, 10, image, 3,
-                        torch.arange(40) % 10)
+    ctx = MethodContext({"student": s_net.feature_info, "teacher": t_net.feature_info}, 10,
+                        image, 3, torch.arange(40) % 10)
     return ctx, s_raw, t_raw
 
 
@@ -45,14 +45,15 @@ def feats(raw):
 
 def step(batch=6):
     return Step(Batch(torch.zeros(batch, 3, 2, 2), torch.zeros(batch, dtype=torch.long),
-                      torch.arange(batch)), Stage("main", 1), 1, 0, None, None)
+                      torch.arange(batch)), Stage("main", 1), 1, 0)
 
 
 def run(name, ctx, s_raw, t_raw, **params):
     method = create_method(name, ctx, **params).double()
     student = select(s_raw, method.requests["student"])
     teacher = select(t_raw, method.requests["teacher"])
-    return method, method(student, teacher, step(s_raw["logits"].shape[0]))
+    return method, method({"student": student, "teacher": teacher},
+                          step(s_raw["logits"].shape[0]))
 
 
 # ----------------------------------------- RepDistiller's code, written out independently
@@ -149,7 +150,7 @@ def test_reference_variant_is_the_unchanged_default(name):
 def test_at_sums_all_stages_with_repdistillers_attention(teacher, student):
     ctx, s_raw, t_raw = pair(teacher, student)
     method, terms = run("at", ctx, s_raw, t_raw, variant="repdistiller")
-    depth = len(ctx.student_info.stages)
+    depth = len(ctx.infos["student"].stages)
     assert method.requests["student"].positions == tuple(range(-depth, 0))
     g_s, g_t = feats(s_raw)[1:-1], feats(t_raw)[1:-1]
     expected = 1000 * sum(rep_at_loss(a, b) for a, b in zip(g_s, g_t, strict=True))
@@ -213,7 +214,7 @@ def test_fitnet_refuses_single_stage_networks_in_one_line():
     stage = StageInfo(8, 1)
     one = FeatureInfo(stages=(stage,), pool=8, logits=10, stem=stage)
     two = FeatureInfo(stages=(stage, stage), pool=8, logits=10, stem=stage)
-    ctx = MethodContext(one, two, 10, 16, 3, torch.arange(8) % 2)
+    ctx = MethodContext({"student": one, "teacher": two}, 10, 16, 3, torch.arange(8) % 2)
     with pytest.raises(ConfigError) as caught:
         create_method("fitnet", ctx, variant="repdistiller")
     assert str(caught.value) == ("method fitnet with variant=repdistiller hints at RepDistiller's "
@@ -230,7 +231,7 @@ def test_other_stage_counts_pair_as_many_stages_as_both_have():
         assert torch.isfinite(terms[name])
     stage = StageInfo(8, 1)
     one = FeatureInfo(stages=(stage,), pool=8, logits=10, stem=stage)
-    ctx = MethodContext(one, one, 10, 16, 3, torch.arange(8) % 2)
+    ctx = MethodContext({"student": one, "teacher": one}, 10, 16, 3, torch.arange(8) % 2)
     for name in ("at", "nst", "sp"):
         method = create_method(name, ctx, variant="repdistiller")
         assert method.requests["student"].positions == (-1,)
@@ -241,7 +242,7 @@ def test_crd_first_step_is_repdistillers_loss_at_its_temperature():
     labels = torch.arange(40) % 4
     s_info = FeatureInfo(stages=(StageInfo(6, 1),), pool=6, logits=4)
     t_info = FeatureInfo(stages=(StageInfo(10, 1),), pool=10, logits=4)
-    ctx = MethodContext(s_info, t_info, 4, 8, 3, labels)
+    ctx = MethodContext({"student": s_info, "teacher": t_info}, 4, 8, 3, labels)
     torch.manual_seed(0)
     method = create_method("crd", ctx, variant="repdistiller", nce_k=7).double()
     assert (method.params.weight, method.nce_t) == (0.8, 0.07)
@@ -250,12 +251,12 @@ def test_crd_first_step_is_repdistillers_loss_at_its_temperature():
     pool_t = torch.randn(5, 10, generator=gen, dtype=torch.float64)
     indices = torch.tensor([3, 17, 22, 8, 39])
     the_step = Step(Batch(torch.zeros(5, 3, 2, 2), labels[indices], indices), Stage("main", 1),
-                    1, 0, None, None)
+                    1, 0)
     memory_s, memory_t = method.memory_s.clone(), method.memory_t.clone()
     sample = method.sample_indices(indices, the_step.generator("crd", "cpu"))
     student = Features(logits=torch.zeros(5, 4), pool=pool_s)
     teacher = Features(logits=torch.zeros(5, 4), pool=pool_t)
-    loss = method(student, teacher, the_step)["crd"]
+    loss = method({"student": student, "teacher": teacher}, the_step)["crd"]
 
     def embed(linear, x):
         y = x @ linear.weight.t() + linear.bias

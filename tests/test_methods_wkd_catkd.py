@@ -15,7 +15,7 @@ from kdzoo.errors import CheckpointError, ConfigError
 from kdzoo.functional import activation_maps as KA
 from kdzoo.functional import wasserstein as KW
 from kdzoo.methods import MethodContext, Stage, Step, create_method, method_defaults
-from kdzoo.methods.fitnet import ConvRegressor
+from kdzoo.methods._feature_maps import ConvRegressor
 from kdzoo.methods.wkd import BottleneckRegressor, cosine_decay
 from kdzoo.models.features import (FeatureInfo, FeatureRequest, StageInfo, check_request,
                                    select)
@@ -37,8 +37,8 @@ def prepare(name, teacher="resnet8x4", student="resnet8", batch=6, epoch=1, epoc
           image=16, **params):
     """(method, student features, teacher features, step, networks) on one float64 batch."""
     s_net, t_net = networks(teacher, student)
-    ctx = MethodContext(s_net.feature_info, t_net.feature_info, 10, image, 3,
-                        torch.arange(40) % 10)
+    ctx = MethodContext({"student": s_net.feature_info, "teacher": t_net.feature_info}, 10,
+                        image, 3, torch.arange(40) % 10)
     method = create_method(name, ctx, **params).to(torch.float64)
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(batch, 3, image, image, generator=gen, dtype=torch.float64)
@@ -47,7 +47,7 @@ def prepare(name, teacher="resnet8x4", student="resnet8", batch=6, epoch=1, epoc
     with torch.no_grad():
         teacher = select(t_net.forward_features(images), method.requests["teacher"])
     step = Step(Batch(images, labels, torch.arange(batch)), Stage("main", epochs), epoch, 0,
-                s_net, t_net)
+                networks={"student": s_net, "teacher": t_net})
     return method, student, teacher, step, (s_net, t_net)
 
 
@@ -71,7 +71,7 @@ def test_wkd_requests_depend_on_the_variant():
 
 def test_wkd_logit_term_uses_the_teachers_classifier_cost():
     method, student, teacher, step, (_, t_net) = prepare("wkd")
-    terms = method(student, teacher, step)
+    terms = method({"student": student, "teacher": teacher}, step)
     assert set(terms) == {"wkd_target", "wkd_logit"}
     w = t_net.fc.weight.detach()
     unit = w / w.norm(dim=1, keepdim=True)
@@ -93,8 +93,8 @@ def test_wkd_cosine_decay_follows_the_reference_schedule():
     assert cosine_decay(800.0, 20, 20, 150) == 800.0  # short runs never decay
     first = prepare("wkd", variant="both", epoch=1)
     late = prepare("wkd", variant="both", epoch=195)
-    a = first[0](*first[1:4])
-    b = late[0](*late[1:4])
+    a = first[0]({"student": first[1], "teacher": first[2]}, first[3])
+    b = late[0]({"student": late[1], "teacher": late[2]}, late[3])
     assert b["wkd_target"].item() == pytest.approx(a["wkd_target"].item())
     for name in ("wkd_logit", "wkd_feature"):
         assert b[name].item() == pytest.approx(a[name].item() / 2, rel=1e-10)
@@ -106,7 +106,7 @@ def test_wkd_feature_term_through_the_projector():
     conv = method.projector.conv
     assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is not None
     assert (conv.in_channels, conv.out_channels) == (64, 256)
-    terms = method(student, teacher, step)
+    terms = method({"student": student, "teacher": teacher}, step)
     projected = F.relu(method.projector.bn(conv(student.stages[-1])))
     mean_term, std_term = KW.gaussian_wasserstein(projected, teacher.stages[-1], 1e-5, 1)
     assert set(terms) == {"wkd_feature"}
@@ -121,7 +121,7 @@ def test_wkd_projectors_follow_the_spatial_sizes():
     method, student, teacher, step, _ = prepare("wkd", variant="feature",
                                                 projector="bottleneck", spatial_grid=2)
     assert isinstance(method.projector, BottleneckRegressor)
-    assert method(student, teacher, step)["wkd_feature"].isfinite()
+    assert method({"student": student, "teacher": teacher}, step)["wkd_feature"].isfinite()
 
 
 @pytest.mark.parametrize("params,message", [
@@ -159,8 +159,8 @@ def test_wkd_cost_file_is_loaded_sharpened_and_checked(tmp_path):
     assert "cost_matrix" not in method.state_dict()
     _, distance = KW.wkd_logit(student.logits, teacher.logits, step.batch.labels,
                                method.cost_matrix, 8.0, 0.05, 10)
-    assert method(student, teacher, step)["wkd_logit"].item() == pytest.approx(
-        800 * distance.item(), rel=1e-10)
+    value = method({"student": student, "teacher": teacher}, step)["wkd_logit"]
+    assert value.item() == pytest.approx(800 * distance.item(), rel=1e-10)
     torch.save(torch.zeros(3, 3), path)
     with pytest.raises(ConfigError, match=r"holds \(3, 3\), not a \(10, 10\) cost matrix"):
         prepare("wkd", cost="file", cost_path=str(path))
@@ -199,7 +199,7 @@ def test_catkd_term_is_the_reference_cat_loss(pair, resolution, normalize):
     method, student, teacher, step, (s_net, t_net) = prepare(
         "catkd", *pair, weight=15.0, resolution=resolution, normalize=normalize)
     assert method.requests["student"] == FeatureRequest(pre_pool=True)
-    terms = method(student, teacher, step)
+    terms = method({"student": student, "teacher": teacher}, step)
     expected = reference_cat(student, teacher, s_net, t_net, resolution, normalize)
     assert terms["catkd"].item() == pytest.approx(15 * expected.item(), rel=1e-10)
     terms["catkd"].backward()
@@ -242,8 +242,8 @@ def test_catkd_partial_cams_and_binarization_as_the_reference():
     kept_t = torch.stack([KA._binarize(t_cams)[b, mask[b]] for b in range(len(mask))])
     kept_s = torch.stack([s_cams[b, mask[b]] for b in range(len(mask))])
     expected = 400 * KA.cat_loss(kept_s, kept_t, 2, False)
-    assert method(student, teacher, step)["catkd"].item() == pytest.approx(expected.item(),
-                                                                            rel=1e-10)
+    value = method({"student": student, "teacher": teacher}, step)["catkd"]
+    assert value.item() == pytest.approx(expected.item(), rel=1e-10)
 
 
 def test_catkd_refusals():

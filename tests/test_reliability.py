@@ -122,8 +122,8 @@ def test_disk_full_error_is_named(tmp_path):
 def nan_at(epoch, step):
     original = SoftTarget.forward
 
-    def forward(self, student, teacher, info):
-        terms = original(self, student, teacher, info)
+    def forward(self, features, info):
+        terms = original(self, features, info)
         if info.epoch == epoch and info.step == step:
             terms["st"] = terms["st"] * float("nan")
         return terms
@@ -158,10 +158,10 @@ def test_nan_batches_can_be_skipped(tmp_path, monkeypatch):
 def test_nan_gradient_is_caught(tmp_path, monkeypatch, capsys):
     original = SoftTarget.forward
 
-    def forward(self, student, teacher, info):
-        terms = original(self, student, teacher, info)
+    def forward(self, features, info):
+        terms = original(self, features, info)
         # sqrt'(0) is infinite: a finite loss with a non-finite gradient
-        terms["root"] = torch.sqrt((student.logits * 0).sum())
+        terms["root"] = torch.sqrt((features["student"].logits * 0).sum())
         return terms
 
     monkeypatch.setattr(SoftTarget, "forward", forward)
@@ -279,7 +279,7 @@ class NeedsStage3(Method):
     paper, url = "test", "http://example.org"
     needs = FeatureRequest.last(3)
 
-    def forward(self, student, teacher, step):
+    def forward(self, features, step):
         return {}
 
 

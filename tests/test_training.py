@@ -109,7 +109,8 @@ class TwoStage(Method):
                      evaluate=False)
         return [init, Stage("main", main.epochs, main.schedule, method_weight=0.0)]
 
-    def forward(self, student, teacher, step):
+    def forward(self, features, step):
+        student, teacher = features["student"], features["teacher"]
         return {"hint": (student.stages[-1] - teacher.stages[-1]).pow(2).mean()}
 
 

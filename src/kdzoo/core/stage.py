@@ -1,5 +1,5 @@
 """The loop's vocabulary, shared by methods and engine: the networks a method uses (roles), the
-stages of a run, and what one training step hands a method.
+stages of a run, and what one training step hands a method besides the features.
 
 It sits below both: methods declare roles and stages with it, the engine runs them, and no
 import points back up from methods to the engine.
@@ -54,7 +54,8 @@ class Stage:
     included; ``optimizer_settings`` overrides lr/momentum/nesterov/weight_decay for a new one.
     ``trainable`` picks the parameters: "student+method" (default) or "method". A stage with
     ``uses_student=False`` (FT's paraphraser pre-training) does not run the student at all, so
-    the student's BatchNorm statistics stay untouched; the method then gets ``student=None``.
+    the student's BatchNorm statistics stay untouched; the features the method gets then have
+    no "student" entry.
     """
 
     name: str
@@ -69,25 +70,44 @@ class Stage:
     uses_student: bool = True
 
 
+#: How the loop runs a role's network on other inputs: ``run(role, images, input_grad)``.
+RoleRunner = Callable[[str, "Tensor", bool], "Features"]
+
+
 @dataclass
 class Step:
-    """What the loop hands a method for one training batch: the batch, where the run is (stage,
-    1-based epoch within the stage, 0-based step within the epoch), the networks themselves
-    (``student``, ``teacher``, and every role in ``networks``; BSS attacks the teacher) and the
-    features of every role in ``features`` (a trained peer's, for mutual learning)."""
+    """What the loop hands a method for one training batch, besides the features of every role
+    on it: the batch, where the run is (stage, 1-based epoch within the stage, 0-based step
+    within the epoch), the run's seed and every role's network in ``networks``.
+
+    ``networks`` is for reading a network's parts (a classifier's weight, a BatchNorm's
+    statistics), never for calling a whole network: a method that needs a role's features on
+    other inputs (an extra view, adversarial images) asks :meth:`run`, so the step module runs
+    the network (its compiled forward, seen by DDP) or the frozen teacher's fast path."""
 
     batch: "Batch"
     stage: Stage
     epoch: int
     step: int
-    student: nn.Module | None
-    teacher: nn.Module | None
     seed: int = 0
     networks: Mapping[str, nn.Module] = field(default_factory=dict)
-    features: Mapping[str, "Features"] = field(default_factory=dict)
-    #: the frozen roles' fast inference paths (no autograd): ``frozen["teacher"](images)``
-    #: gives the teacher's requested features for other inputs (e.g. an extra view)
-    frozen: Mapping[str, Callable[["Tensor"], "Features"]] = field(default_factory=dict)
+    #: the step module's runner behind :meth:`run` (None: run ``networks[role]`` directly)
+    _run: RoleRunner | None = field(default=None, repr=False, compare=False)
+
+    def run(self, role: str, images: "Tensor", *, input_grad: bool = False) -> "Features":
+        """The features of ``role`` on ``images``. In training: a trainable role's forward as
+        the step module runs it (with autograd); a frozen role's fast inference path (no
+        autograd), or with ``input_grad`` its network with autograd, so gradients flow to
+        ``images`` (BSS's attack). A ``Step`` built without a runner (tests) runs
+        ``networks[role].features(images)``."""
+        if self._run is not None:
+            return self._run(role, images, input_grad)
+        from ..models.features import FeatureNet
+
+        network = self.networks[role]
+        if not isinstance(network, FeatureNet):
+            raise TypeError(f"Step.run: the {role}'s network is not a kdzoo FeatureNet")
+        return network.features(images)
 
     def generator(self, name: str, device: torch.device | str = "cpu") -> torch.Generator:
         """A generator seeded from (run seed, name, stage, epoch, step): a resumed run draws

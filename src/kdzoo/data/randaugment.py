@@ -1,48 +1,43 @@
-"""RandAugment for batches of uint8 images, with tensor ops on whatever device the images are on.
+"""RandAugment for batches of uint8 images, with tensor ops on whatever device the images are on:
+the RandAugment that MLKD trains its strong view with (Jin, Wang & Lin, "Multi-Level Logit
+Distillation", CVPR 2023; github.com/Jin-Ying/Multi-Level-Logit-Distillation,
+``mdistiller/dataset/cifar100.py`` ``RandAugment(2, 10)`` inside
+``get_cifar100_train_transform_strong``; the file is not in the stored copy of the authors'
+repository and was read in the copies of it that sunshangquan/logit-standardization-KD and
+peanutshu11/Multi-Level-Logit-Distillation carry, which agree), what
+:func:`kdzoo.data.loader.strong_view` gets.
 
-Two policies:
+It is FixMatch's variant, **not** torchvision's ``RandAugment``: each image draws ``num_ops``
+operations uniformly *with replacement* from 14 (``random.choices``), each with a magnitude drawn
+uniformly from the operation's own range (``magnitude`` is ignored: the reference stores ``m``
+and marks it "deprecated"), and always ends with a Cutout of a random square of side up to half
+the image, filled with (125, 123, 114):
 
-* ``"mlkd"`` (the default, and what :func:`kdzoo.data.loader.strong_view` gets): the RandAugment
-  that MLKD trains its strong view with (Jin, Wang & Lin, "Multi-Level Logit Distillation",
-  CVPR 2023; github.com/Jin-Ying/Multi-Level-Logit-Distillation, ``mdistiller/dataset/cifar100.py``
-  ``RandAugment(2, 10)`` inside ``get_cifar100_train_transform_strong``; the file is not in the
-  stored copy of the authors' repository and was read in the copies of it that
-  sunshangquan/logit-standardization-KD and peanutshu11/Multi-Level-Logit-Distillation carry,
-  which agree). It is FixMatch's variant, **not** torchvision's ``RandAugment``: each image draws
-  ``num_ops`` operations uniformly *with replacement* from 14 (``random.choices``), each with a
-  magnitude drawn uniformly from the operation's own range (``magnitude`` is ignored: the
-  reference stores ``m`` and marks it "deprecated"), and always ends with a Cutout of a random
-  square of side up to half the image, filled with (125, 123, 114):
+========================  ==================  =============================================
+operation                 range of v          PIL operation
+========================  ==================  =============================================
+AutoContrast              (0, 1), unused      ``ImageOps.autocontrast``
+Brightness                [0.05, 0.95]        ``ImageEnhance.Brightness(v)``
+Color                     [0.05, 0.95]        ``ImageEnhance.Color(v)``
+Contrast                  [0.05, 0.95]        ``ImageEnhance.Contrast(v)``
+Equalize                  (0, 1), unused      ``ImageOps.equalize``
+Identity                  (0, 1), unused      --
+Posterize                 [4, 8]              ``ImageOps.posterize(int(v))`` (4 to 7 bits)
+Rotate                    [-30, 30]           ``img.rotate(v)`` (degrees, counter-clockwise)
+Sharpness                 [0.05, 0.95]        ``ImageEnhance.Sharpness(v)``
+ShearX / ShearY           [-0.3, 0.3]         affine (1, v, 0, 0, 1, 0) / (1, 0, 0, v, 1, 0)
+Solarize                  [0, 256]            ``ImageOps.solarize(threshold=v)``
+TranslateX / TranslateY   [-0.3, 0.3]         affine shift by v * width / v * height pixels
+========================  ==================  =============================================
 
-  ========================  ==================  =============================================
-  operation                 range of v          PIL operation
-  ========================  ==================  =============================================
-  AutoContrast              (0, 1), unused      ``ImageOps.autocontrast``
-  Brightness                [0.05, 0.95]        ``ImageEnhance.Brightness(v)``
-  Color                     [0.05, 0.95]        ``ImageEnhance.Color(v)``
-  Contrast                  [0.05, 0.95]        ``ImageEnhance.Contrast(v)``
-  Equalize                  (0, 1), unused      ``ImageOps.equalize``
-  Identity                  (0, 1), unused      --
-  Posterize                 [4, 8]              ``ImageOps.posterize(int(v))`` (4 to 7 bits)
-  Rotate                    [-30, 30]           ``img.rotate(v)`` (degrees, counter-clockwise)
-  Sharpness                 [0.05, 0.95]        ``ImageEnhance.Sharpness(v)``
-  ShearX / ShearY           [-0.3, 0.3]         affine (1, v, 0, 0, 1, 0) / (1, 0, 0, v, 1, 0)
-  Solarize                  [0, 256]            ``ImageOps.solarize(threshold=v)``
-  TranslateX / TranslateY   [-0.3, 0.3]         affine shift by v * width / v * height pixels
-  ========================  ==================  =============================================
-
-  The operations are written as tensor kernels that reproduce Pillow's arithmetic (the float32
-  blends of ``ImageEnhance``, the ITU-R 601 luma of ``convert("L")``, the 16.16 fixed-point
-  nearest-neighbour affine transform, the 3x3 SMOOTH filter with untouched borders, Cutout's
-  inclusive integer rectangle), so that, given the same draws, they give Pillow's pixels (the
-  tests compare them with Pillow). Cutout keeps the reference's quirk ``np.random.uniform(w)``,
-  which draws the centre in (1, w], not in [0, w). For images with other than 3 channels every
-  channel is treated as an "L" image (Color is then the identity) and Cutout fills with the luma
-  of (125, 123, 114), 123.
-
-* ``"torchvision"``: ``torchvision.transforms.v2.RandAugment(num_ops, magnitude)`` (14 operations
-  drawn uniformly, magnitude bin ``magnitude`` of 31, signed with probability 1/2, nearest
-  interpolation, fill 0), applied image by image with ``torchvision.transforms.v2.functional``.
+The operations are written as tensor kernels that reproduce Pillow's arithmetic (the float32
+blends of ``ImageEnhance``, the ITU-R 601 luma of ``convert("L")``, the 16.16 fixed-point
+nearest-neighbour affine transform, the 3x3 SMOOTH filter with untouched borders, Cutout's
+inclusive integer rectangle), so that, given the same draws, they give Pillow's pixels (the
+tests compare them with Pillow). Cutout keeps the reference's quirk ``np.random.uniform(w)``,
+which draws the centre in (1, w], not in [0, w). For images with other than 3 channels every
+channel is treated as an "L" image (Color is then the identity) and Cutout fills with the luma
+of (125, 123, 114), 123.
 
 Every random number comes from ``generator`` (drawn on its device), so the result depends only
 on the images and the generator's state. The per-image parameters are small CPU tensors; the
@@ -53,13 +48,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["CUTOUT_COLOR", "MLKD_OPS", "MLKD_RANGES", "TORCHVISION_OPS", "MLKDPlan", "cutout",
-           "mlkd_op", "mlkd_plan", "rand_augment"]
+__all__ = ["CUTOUT_COLOR", "MLKD_OPS", "MLKD_RANGES", "MLKDPlan", "cutout", "mlkd_op",
+           "mlkd_plan", "rand_augment"]
 
 #: MLKD's operations, in the order of its ``augment_list``.
 MLKD_OPS: tuple[str, ...] = (
@@ -74,11 +68,6 @@ MLKD_RANGES: dict[str, tuple[float, float]] = {
     "TranslateX": (-0.3, 0.3), "TranslateY": (-0.3, 0.3)}
 #: Cutout's fill colour (RGB) in MLKD's ``CutoutAbs``.
 CUTOUT_COLOR = (125, 123, 114)
-#: torchvision's RandAugment operations, in the order of its augmentation space.
-TORCHVISION_OPS: tuple[str, ...] = (
-    "Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
-    "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize")
-NUM_MAGNITUDE_BINS = 31
 
 
 # ------------------------------------------------------------------------------ the draws
@@ -361,107 +350,16 @@ def _apply_grouped(images: Tensor, ops: Tensor, values: Tensor) -> Tensor:
     return out
 
 
-# ---------------------------------------------------------------------------- torchvision
-def _torchvision_op(image: Tensor, name: str, magnitude: float) -> Tensor:
-    """torchvision's RandAugment operation ``name`` at ``magnitude`` (nearest, fill 0)."""
-    from torchvision.transforms.v2 import functional as TF
-
-    if name == "Identity":
-        return image
-    if name in ("ShearX", "ShearY"):
-        shear = math.degrees(math.atan(magnitude))
-        return TF.affine(image, angle=0.0, translate=[0, 0], scale=1.0,
-                         shear=[shear, 0.0] if name == "ShearX" else [0.0, shear],
-                         interpolation=TF.InterpolationMode.NEAREST, fill=None, center=[0, 0])
-    if name in ("TranslateX", "TranslateY"):
-        shift = int(magnitude)
-        return TF.affine(image, angle=0.0,
-                         translate=[shift, 0] if name == "TranslateX" else [0, shift],
-                         scale=1.0, shear=[0.0, 0.0],
-                         interpolation=TF.InterpolationMode.NEAREST, fill=None)
-    if name == "Rotate":
-        return TF.rotate(image, angle=magnitude, interpolation=TF.InterpolationMode.NEAREST,
-                         fill=None)
-    if name == "Brightness":
-        return TF.adjust_brightness(image, 1.0 + magnitude)
-    if name == "Color":
-        return TF.adjust_saturation(image, 1.0 + magnitude)
-    if name == "Contrast":
-        return TF.adjust_contrast(image, 1.0 + magnitude)
-    if name == "Sharpness":
-        return TF.adjust_sharpness(image, 1.0 + magnitude)
-    if name == "Posterize":
-        return TF.posterize(image, bits=int(magnitude))
-    if name == "Solarize":
-        return TF.solarize(image, threshold=255.0 * magnitude)
-    if name == "AutoContrast":
-        return TF.autocontrast(image)
-    if name == "Equalize":
-        return TF.equalize(image)
-    raise ValueError(f"unknown RandAugment operation {name}")
-
-
-def torchvision_magnitude(name: str, magnitude: int, height: int, width: int) -> float:
-    """Bin ``magnitude`` of torchvision's 31 magnitudes of operation ``name`` (unsigned)."""
-    bins = NUM_MAGNITUDE_BINS
-    if name in ("ShearX", "ShearY"):
-        return float(torch.linspace(0.0, 0.3, bins)[magnitude])
-    if name == "TranslateX":
-        return float(torch.linspace(0.0, 150.0 / 331.0 * width, bins)[magnitude])
-    if name == "TranslateY":
-        return float(torch.linspace(0.0, 150.0 / 331.0 * height, bins)[magnitude])
-    if name == "Rotate":
-        return float(torch.linspace(0.0, 30.0, bins)[magnitude])
-    if name in ("Brightness", "Color", "Contrast", "Sharpness"):
-        return float(torch.linspace(0.0, 0.9, bins)[magnitude])
-    if name == "Posterize":
-        return float((8 - (torch.arange(bins) / ((bins - 1) / 4))).round().int()[magnitude])
-    if name == "Solarize":
-        return float(torch.linspace(1.0, 0.0, bins)[magnitude])
-    return 0.0
-
-
-_SIGNED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
-           "Contrast", "Sharpness"}
-
-
-def _torchvision_rand_augment(images: Tensor, generator: torch.Generator, num_ops: int,
-                              magnitude: int) -> Tensor:
-    batch, _, height, width = images.shape
-    device = generator.device
-    ops = torch.randint(len(TORCHVISION_OPS), (batch, num_ops), generator=generator,
-                        device=device).cpu()
-    negative = (torch.rand(batch, num_ops, generator=generator, device=device) <= 0.5).cpu()
-    out = []
-    for b in range(batch):
-        image = images[b]
-        for k in range(num_ops):
-            name = TORCHVISION_OPS[int(ops[b, k])]
-            value = torchvision_magnitude(name, magnitude, height, width)
-            if name in _SIGNED and bool(negative[b, k]):
-                value = -value
-            image = _torchvision_op(image, name, value)
-        out.append(image)
-    return torch.stack(out) if out else images.clone()
-
-
 # -------------------------------------------------------------------------------- the entry
 def rand_augment(images: Tensor, generator: torch.Generator, num_ops: int = 2,
-                 magnitude: int = 10, policy: Literal["mlkd", "torchvision"] = "mlkd") -> Tensor:
-    """RandAugment(``num_ops``, ``magnitude``) of uint8 ``images`` (B, C, H, W), each image
-    drawing its own operations from ``generator``; uint8 of the same shape, on the same device
-    (module docstring). ``policy="mlkd"`` (default) is MLKD's strong augmentation, which ignores
-    ``magnitude``; ``"torchvision"`` is ``torchvision.transforms.v2.RandAugment``."""
+                 magnitude: int = 10) -> Tensor:
+    """MLKD's RandAugment(``num_ops``, ``magnitude``) of uint8 ``images`` (B, C, H, W), each
+    image drawing its own operations from ``generator``; uint8 of the same shape, on the same
+    device (module docstring; ``magnitude`` is ignored, as in the reference)."""
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError("rand_augment needs uint8 images of shape (B, C, H, W)")
     if num_ops < 0:
         raise ValueError(f"num_ops must be >= 0, got {num_ops}")
-    if policy == "torchvision":
-        if not 0 <= magnitude < NUM_MAGNITUDE_BINS:
-            raise ValueError(f"magnitude must be in [0, {NUM_MAGNITUDE_BINS - 1}], got {magnitude}")
-        return _torchvision_rand_augment(images, generator, num_ops, magnitude)
-    if policy != "mlkd":
-        raise ValueError(f"unknown RandAugment policy {policy!r}: 'mlkd' or 'torchvision'")
     plan = mlkd_plan(images.shape[0], generator, num_ops)
     out = images
     for k in range(num_ops):

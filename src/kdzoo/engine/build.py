@@ -349,15 +349,13 @@ def build(config: TrainConfig, device: torch.device | None = None,
     infos = {name: net.feature_info for name, net in networks.items()}
     teacher = networks.get("teacher")
     ctx = MethodContext(
-        student_info=infos["student"],
-        teacher_info=teacher.feature_info if teacher is not None else None,
+        infos=infos,
         num_classes=data.num_classes,
         image_size=data.image_size,
         in_chans=data.in_chans,
         train_labels=data.train_labels,
         data_name=data.name,
         seed=config.seed,
-        infos=infos,
         networks=dict(networks),
     )
     with seeded("method-init", config.method.name, config.seed):

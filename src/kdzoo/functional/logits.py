@@ -14,7 +14,8 @@ def logits_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     return F.mse_loss(student_logits, teacher_logits)
 
 
-def soft_target(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
+def soft_target(student_logits: Tensor, teacher_logits: Tensor,
+                temperature: float | Tensor = 4.0) -> Tensor:
     """Soft targets (Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
     NIPS Deep Learning Workshop 2014): T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), summed over
     classes and averaged over the batch ('batchmean'), as the reference zoo's ``SoftTarget``."""

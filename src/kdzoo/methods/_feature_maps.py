@@ -1,18 +1,21 @@
-"""Shared plumbing of the feature-map methods (FitNet, FSP, AB, ...): connectors for students of
-other widths and the reference zoo's initialisation stage of FSP and AB."""
+"""Shared plumbing of the feature-map methods (FitNet, FSP, AB, WKD, ...): connectors for
+students of other widths, RepDistiller's ``ConvReg`` and the reference zoo's initialisation
+stage of FSP and AB."""
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Mapping
+from typing import Callable, TypeVar
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as KF
 from ..core import Piecewise, Stage
 from ..errors import ConfigError
 from ..models.features import FeatureInfo, FeatureRequest, Features
-from .base import Method, MethodContext
+from .base import Method, MethodContext, MethodParams, P
 
 #: The reference's ``adjust_lr_init`` splits its 50 epochs 30 / 10 / 10.
 INIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -40,8 +43,7 @@ def width_connectors(ctx: MethodContext, request: FeatureRequest,
     """A :func:`conv_bn_connector` for each requested stage (and the stem, if ``stem``) whose
     student and teacher channel counts differ, and nothing for the others (equal widths: the
     reference's exact behaviour). Stages are aligned from the end."""
-    assert ctx.teacher_info is not None, "feature-map methods need a teacher"
-    student, teacher = ctx.student_info, ctx.teacher_info
+    student, teacher = ctx.infos["student"], ctx.infos["teacher"]
     pairs = [(connector_key(student, p, request.preact), student.stages[p].channels,
               teacher.stages[p].channels) for p in request.positions]
     if stem:
@@ -59,26 +61,81 @@ def connect(connectors: nn.ModuleDict, key: str, student_feat: Tensor) -> Tensor
     return connectors[key](student_feat) if key in connectors else student_feat
 
 
-def averaged_stage_loss(method: Method, connectors: nn.ModuleDict, student: Features,
-                        teacher: Features, loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+def stage_shape(info: FeatureInfo, position: int, image_size: int) -> tuple[int, int, int]:
+    """(C, H, W) of the stage at ``position`` for square inputs of ``image_size``, from the
+    metadata (a stride-2 convolution with padding rounds up)."""
+    stage = info.stages[position]
+    side = -(-image_size // stage.reduction)
+    return stage.channels, side, side
+
+
+class ConvRegressor(nn.Module):
+    """RepDistiller's ``ConvReg`` (models/util.py), which mdistiller's WKD code reuses: a
+    convolution chosen by the heights, then BatchNorm and (``use_relu``) ReLU. A student map of
+    twice the teacher's height: 3x3 stride 2, padding 1; of half: 4x4 transposed convolution
+    stride 2, padding 1; of at least the teacher's height: a (1 + H_s - H_t) x (1 + W_s - W_t)
+    convolution (1x1 for equal sizes); anything else is refused. PyTorch's default init, the
+    convolution with a bias, as there. Shapes are (C, H, W)."""
+
+    def __init__(self, method: str, student_shape: tuple[int, int, int],
+                 teacher_shape: tuple[int, int, int], use_relu: bool = True) -> None:
+        super().__init__()
+        s_channels, s_height, s_width = student_shape
+        t_channels, t_height, t_width = teacher_shape
+        self.conv: nn.Module
+        if s_height == 2 * t_height:
+            self.conv = nn.Conv2d(s_channels, t_channels, kernel_size=3, stride=2, padding=1)
+        elif s_height * 2 == t_height:
+            self.conv = nn.ConvTranspose2d(s_channels, t_channels, kernel_size=4, stride=2,
+                                           padding=1)
+        elif s_height >= t_height:
+            self.conv = nn.Conv2d(s_channels, t_channels,
+                                  kernel_size=(1 + s_height - t_height, 1 + s_width - t_width))
+        else:
+            raise ConfigError(f"method {method}: RepDistiller's ConvReg cannot map a "
+                              f"{s_height}x{s_width} student map to a {t_height}x{t_width} "
+                              "teacher map (it handles twice, half or at least the teacher's "
+                              "height)")
+        self.bn = nn.BatchNorm2d(t_channels)
+        self.use_relu = use_relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.bn(self.conv(x))
+        return F.relu(x) if self.use_relu else x
+
+
+def averaged_stage_loss(method: Method[P], connectors: nn.ModuleDict,
+                        features: Mapping[str, Features],
+                        loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """The reference's per-stage average: mean over the method's requested stages of
     ``loss(s, t)``, the student's map going through its connector (if any) and the larger map
     pooled to the other's size."""
     request = method.requests["student"]
-    keys = [connector_key(method.ctx.student_info, p, request.preact) for p in request.positions]
-    losses = []
-    for key, (s, t) in zip(keys, method.stage_pairs(student, teacher)):
-        losses.append(loss(*KF.match_spatial_size(connect(connectors, key, s), t)))
+    keys = [connector_key(method.ctx.infos["student"], p, request.preact)
+            for p in request.positions]
+    losses = [loss(*KF.match_spatial_size(connect(connectors, key, s), t))
+              for key, (s, t) in zip(keys, method.stage_pairs(features))]
     return sum(losses) / len(losses)
 
 
-class InitThenCrossEntropy(Method):
+class InitParams(MethodParams):
+    """What :class:`InitThenCrossEntropy` reads, declared for typed reads: ``init_epochs`` and
+    ``init_lr`` are fields of each method's dataclass (FSP's, AB's)."""
+
+    init_epochs: int
+    init_lr: float
+
+
+IP = TypeVar("IP", bound=InitParams)
+
+
+class InitThenCrossEntropy(Method[IP]):
     """FSP's and AB's shape: ``init_epochs`` of the method alone, then cross-entropy only (see
-    :func:`init_then_ce_stages`). Their ``Params`` have ``init_epochs`` and ``init_lr``."""
+    :func:`init_then_ce_stages`)."""
 
     def stages(self, main: Stage) -> list[Stage]:
         p = self.params
-        return init_then_ce_stages(main, self.name, p.init_epochs, p.init_lr)  # type: ignore
+        return init_then_ce_stages(main, self.name, p.init_epochs, p.init_lr)
 
 
 def init_schedule(init_epochs: int, init_lr: float = 0.01) -> Piecewise:

@@ -1,5 +1,6 @@
 """CTKD's curriculum temperature, for any logit method (the ``ctkd`` option of
-:class:`kdzoo.methods._logit.LogitMethod`, and the ``ctkd`` method).
+:class:`kdzoo.methods._logit.LogitMethod` and of TTM/WTTM's
+:class:`kdzoo.methods._transformed.TransformedMatching`, and the ``ctkd`` method).
 
 "Curriculum Temperature for Knowledge Distillation", Li, Li, Yang, Zhao, Song, Luo, Li &
 Yang, AAAI 2023; reference github.com/zhengli97/CTKD: ``models/temp_global.py`` (``Global_T``,
@@ -52,12 +53,12 @@ class GradientReversal(torch.autograd.Function):
     ``GradientReversalFunction``: the reversal itself comes from a negative lambda)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, lambda_: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, lambda_: float) -> Tensor:
         ctx.lambda_ = lambda_
         return x.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         return grad.new_tensor(ctx.lambda_) * grad, None
 
 
@@ -100,7 +101,7 @@ class CurriculumTemperature(nn.Module):
         return curriculum_lambda(epoch, self.decay_max, self.decay_min, self.decay_loops,
                                  self.cosine)
 
-    def forward(self, step: Step) -> Tensor:  # type: ignore[override]
+    def forward(self, step: Step) -> Tensor:
         reversed_t = GradientReversal.apply(self.global_t, self.strength(step.epoch))
         return (self.t_start + self.t_end * torch.sigmoid(reversed_t)).reshape(())
 

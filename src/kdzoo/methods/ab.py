@@ -2,20 +2,32 @@
 do, in an initialisation stage before ordinary training."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from .. import functional as KF
 from ..models.features import FeatureRequest, Features
-from ._feature_maps import (InitThenCrossEntropy, check_init_settings, averaged_stage_loss,
-                            width_connectors)
-from .base import MethodContext, MethodParams, Step
+from ._feature_maps import (InitParams, InitThenCrossEntropy, averaged_stage_loss,
+                            check_init_settings, width_connectors)
+from .base import MethodContext, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class ABParams(InitParams):
+    weight: float = 10.0
+    margin: float = 2.0
+    init_epochs: int = 50
+    init_lr: float = 0.01
+
+    def check(self, method: str) -> None:
+        check_init_settings(method, self.init_epochs, self.init_lr)
+
+
 @register_method("ab")
-class ActivationBoundary(InitThenCrossEntropy):
+class ActivationBoundary(InitThenCrossEntropy[ABParams]):
     """Activation boundaries: "Knowledge Transfer via Distillation of Activation Boundaries Formed
     by Hidden Neurons", Heo, Lee, Yun & Choi, AAAI 2019.
 
@@ -49,24 +61,12 @@ class ActivationBoundary(InitThenCrossEntropy):
     url = "https://arxiv.org/abs/1811.03233"
     needs = FeatureRequest.last(3, preact=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 10.0
-        margin: float = 2.0
-        init_epochs: int = 50
-        init_lr: float = 0.01
-
-        def check(self, method: str) -> None:
-            check_init_settings(method, self.init_epochs, self.init_lr)
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: ABParams) -> None:
         super().__init__(ctx, params)
         self.connectors = width_connectors(ctx, self.requests["student"])
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         margin = self.params.margin
-        loss = averaged_stage_loss(self, self.connectors, student, teacher,
+        loss = averaged_stage_loss(self, self.connectors, features,
                                    lambda s, t: KF.activation_boundary(s, t, margin))
         return {"ab": loss * self.params.weight}

@@ -1,6 +1,7 @@
 """AFD: attentive feature distillation, the reference zoo's SE-block variant."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +40,17 @@ class ChannelAttention(nn.Module):
         return rho / rho.sum(dim=1, keepdim=True)
 
 
+@dataclass(frozen=True)
+class AFDParams(MethodParams):
+    weight: float = 500.0
+    att_f: float = 1.0
+
+    def check(self, method: str) -> None:
+        positive(method, att_f=self.att_f)
+
+
 @register_method("afd")
-class AttentiveFeatureDistillation(Method):
+class AttentiveFeatureDistillation(Method[AFDParams]):
     """Attentive feature distillation: "Pay Attention to Features, Transfer Learn Faster CNNs",
     Wang, Chen, Xu, Wang & Zhou, ICLR 2020.
 
@@ -68,22 +78,13 @@ class AttentiveFeatureDistillation(Method):
     url = "https://openreview.net/forum?id=ryxyCeHtPB"
     needs = FeatureRequest.last(3)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 500.0
-        att_f: float = 1.0
-
-        def check(self, method: str) -> None:
-            positive(method, att_f=self.att_f)
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: AFDParams) -> None:
         super().__init__(ctx, params)
-        assert ctx.teacher_info is not None
         att_f = self.params.att_f
         attentions, connectors = [], []
         for position in self.requests["student"].positions:
-            teacher_ch = ctx.teacher_info.stages[position].channels
-            student_ch = ctx.student_info.stages[position].channels
+            teacher_ch = ctx.infos["teacher"].stages[position].channels
+            student_ch = ctx.infos["student"].stages[position].channels
             hidden = int(teacher_ch * att_f)
             if hidden < 1:
                 raise ConfigError(f"method afd: att_f={att_f} leaves no hidden channel for a "
@@ -94,11 +95,9 @@ class AttentiveFeatureDistillation(Method):
         self.attentions = nn.ModuleList(attentions)
         self.connectors = nn.ModuleList(connectors)
 
-    def forward(self, student: Features | None, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert student is not None and teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         losses = []
-        pairs = self.stage_pairs(student, teacher)
+        pairs = self.stage_pairs(features)
         for attention, connector, (s, t) in zip(self.attentions, self.connectors, pairs):
             s, t = KF.match_spatial_size(s, t)  # other resolutions: pool the larger map
             teacher_map = t.detach()

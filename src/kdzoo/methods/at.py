@@ -1,6 +1,7 @@
 """Attention transfer (AT): match the students' spatial attention maps to the teacher's."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,8 +14,15 @@ from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class ATParams(MethodParams):
+    weight: float = 1000.0
+    p: float = 2.0
+    variant: Literal["reference", "repdistiller"] = "reference"
+
+
 @register_method("at")
-class AttentionTransfer(Method):
+class AttentionTransfer(Method[ATParams]):
     """Attention transfer: "Paying More Attention to Attention: Improving the Performance of
     Convolutional Neural Networks via Attention Transfer", Zagoruyko & Komodakis, ICLR 2017.
 
@@ -47,26 +55,18 @@ class AttentionTransfer(Method):
     url = "https://arxiv.org/abs/1612.03928"
     needs = FeatureRequest.last(3)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 1000.0
-        p: float = 2.0
-        variant: Literal["reference", "repdistiller"] = "reference"
-
     @classmethod
-    def feature_requests(cls, params: MethodParams,
-                         infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
-        if params.variant != "repdistiller":  # type: ignore[attr-defined]
+    def feature_requests(cls, params: ATParams,
+                         infos: Mapping[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+        if params.variant != "repdistiller":
             return super().feature_requests(params, infos)
         return cls.every_stage_requests(infos)
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         if self.params.variant == "repdistiller":
             losses = [KR.repdistiller_attention_transfer(s, t, p=self.params.p)
-                      for s, t in self.stage_pairs(student, teacher)]
+                      for s, t in self.stage_pairs(features)]
             return {"at": sum(losses) * self.params.weight}
         losses = [KF.attention_transfer(*KF.match_spatial_size(s, t), p=self.params.p)
-                  for s, t in self.stage_pairs(student, teacher)]
+                  for s, t in self.stage_pairs(features)]
         return {"at": sum(losses) / len(losses) * self.params.weight}

@@ -1,11 +1,12 @@
 """BSS: distillation on adversarial samples that support the teacher's decision boundary."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import functional as KF
 from ..models.features import Features
@@ -57,11 +58,13 @@ def sample_attack_class(teacher_logits: Tensor, uniform: Tensor) -> Tensor:
     return classes.gather(1, position.unsqueeze(1)).squeeze(1)
 
 
-def boundary_attack(teacher: nn.Module, images: Tensor, target: Tensor, attack_class: Tensor,
-                    step_alpha: float = 0.3, num_steps: int = 10, eps: float = 1e-4,
-                    clamp: float = 2.5) -> Tensor:
+def boundary_attack(teacher: Callable[[Tensor], Tensor], images: Tensor, target: Tensor,
+                    attack_class: Tensor, step_alpha: float = 0.3, num_steps: int = 10,
+                    eps: float = 1e-4, clamp: float = 2.5) -> Tensor:
     """The reference's ``BSSAttacker.attack``: move each image towards the boundary between its
-    class ``target`` and ``attack_class`` of the (frozen) ``teacher``.
+    class ``target`` and ``attack_class`` of the (frozen) ``teacher``, a callable that gives its
+    logits with autograd through the images (the network itself, or ``Step.run`` with
+    ``input_grad``).
 
     Each step computes p = softmax(teacher(x)) and the gradient g of sum_b (p_attack - p_target)
     with respect to x, then x <- clamp(x + a_b (p_target - p_attack + eps) g / ||g||_2, -c, c)
@@ -99,8 +102,22 @@ def _at_least_float32(logits: Tensor) -> Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+@dataclass(frozen=True)
+class BSSParams(MethodParams):
+    weight: float = 2.0
+    temperature: float = 3.0
+    squared_temperature: bool = False
+    attack_size: int = 32
+    step_alpha: float = 0.3
+    num_steps: int = 10
+    eps: float = 1e-4
+    clamp: float = 2.5
+    warmup_epochs: int = 10
+    decay: float = 1.25
+
+
 @register_method("bss")
-class BoundarySupportingSamples(Method):
+class BoundarySupportingSamples(Method[BSSParams]):
     """BSS: "Knowledge Distillation with Adversarial Samples Supporting Decision Boundary", Heo,
     Lee, Yun & Choi, AAAI 2019.
 
@@ -113,13 +130,15 @@ class BoundarySupportingSamples(Method):
     2. attack class: drawn among the teacher's ranks >= 2 with probability proportional to the
        teacher's probability (the reference's double loop, vectorised; the uniform draws come from
        ``step.generator("bss")`` so a resumed run draws the same classes);
-    3. ``boundary_attack`` on the frozen teacher: 10 steps of L2-normalised gradient ascent on
-       p_attack - p_target with step 0.3 * (p_target - p_attack + 1e-4), early stop, images
+    3. ``boundary_attack`` on the frozen teacher (its network with autograd to the images,
+       ``step.run("teacher", x, input_grad=True)``): 10 steps of L2-normalised gradient ascent
+       on p_attack - p_target with step 0.3 * (p_target - p_attack + 1e-4), early stop, images
        clamped to [-2.5, 2.5];
     4. bss = lambda_e * KL(softmax(t(adv)/T) || softmax(s(adv)/T)) with 'batchmean' and T = 3,
        without the T^2 factor (commented out in the reference; ``squared_temperature=True`` adds
-       it). The student runs on the adversarial batch in train mode, so its BatchNorm statistics
-       also see those images, as in the reference.
+       it). Both networks run on the adversarial batch through ``step.run``: the student in a
+       second pass of the step module's forward, in train mode, so its BatchNorm statistics
+       also see those images, as in the reference; the teacher through its inference path.
 
     lambda_e = 0 for the first ``warmup_epochs`` (10) epochs, then
     max(weight * (1 - 1.25 (e - 1) / E), 0) with E the stage's epoch count (``bss_epoch_weight``):
@@ -140,32 +159,17 @@ class BoundarySupportingSamples(Method):
     paper = ("Knowledge Distillation with Adversarial Samples Supporting Decision Boundary, "
              "Heo et al., AAAI 2019")
     url = "https://arxiv.org/abs/1805.05532"
-    # it attacks and re-runs the teacher itself: cached clean-view logits are not all it needs
+    # it attacks the teacher and runs it on other inputs: cached logits are not all it needs
     teacher_cacheable = False
-
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 2.0
-        temperature: float = 3.0
-        squared_temperature: bool = False
-        attack_size: int = 32
-        step_alpha: float = 0.3
-        num_steps: int = 10
-        eps: float = 1e-4
-        clamp: float = 2.5
-        warmup_epochs: int = 10
-        decay: float = 1.25
 
     def epoch_weight(self, epoch: int, epochs: int) -> float:
         p = self.params
         return bss_epoch_weight(p.weight, epoch, epochs, p.warmup_epochs, p.decay)
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None and step.teacher is not None and step.student is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         p = self.params
-        s_logits = _at_least_float32(student.logits.detach())
-        t_logits = _at_least_float32(teacher.logits.detach())
+        s_logits = _at_least_float32(features["student"].logits.detach())
+        t_logits = _at_least_float32(features["teacher"].logits.detach())
         zero = s_logits.new_zeros(())
         lam = self.epoch_weight(step.epoch, step.stage.epochs)
         if lam <= 0:
@@ -178,11 +182,12 @@ class BoundarySupportingSamples(Method):
         uniform = torch.rand(index.numel(), generator=gen, device=s_logits.device,
                              dtype=t_logits.dtype)
         attack_class = sample_attack_class(t_logits[index], uniform)
-        adv = boundary_attack(step.teacher, step.batch.images[index], labels[index], attack_class,
+        adv = boundary_attack(lambda x: step.run("teacher", x, input_grad=True).logits,
+                              step.batch.images[index], labels[index], attack_class,
                               p.step_alpha, p.num_steps, p.eps, p.clamp)
-        adv_student = step.student(adv)
+        adv_student = step.run("student", adv).logits
         with torch.no_grad():
-            adv_teacher = step.teacher(adv)
+            adv_teacher = step.run("teacher", adv).logits
         loss = KF.boundary_supporting_kl(adv_student, adv_teacher, p.temperature,
                                          p.squared_temperature)
         return {"bss": lam * loss}

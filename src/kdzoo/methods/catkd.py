@@ -2,34 +2,44 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..core import Stage
 from ..errors import ConfigError
 from ..functional import activation_maps as KA
 from ..models.features import FeatureRequest, Features
+from ._networks import classifier_weight
 from .base import Method, MethodContext, MethodParams, Step
 from .registry import register_method
 
 
-def classifier_weight(network: nn.Module, method: str) -> Tensor:
-    """The (classes x features) weight of ``network``'s classifier (its only ``nn.Linear``),
-    which maps the pooled feature to the logits."""
-    layer = network.classifier_layer()  # type: ignore[operator]
-    linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
-    if len(linears) != 1:
-        raise ConfigError(f"method {method} reads the classifier weights of the networks, and "
-                          f"{getattr(network, 'model_name', '') or 'one'}'s classifier is not a "
-                          "single linear layer")
-    return linears[0].weight
+@dataclass(frozen=True)
+class CATKDParams(MethodParams):
+    weight: float = 400.0
+    ce_weight: float = 1.0
+    resolution: int = 2
+    normalize: bool = True
+    only_cat: bool = False
+    binarize: bool = False
+    partial_cams: bool = False
+    cams_num: int = 100
+    strategy: Literal["top", "bottom"] = "top"
+
+    def check(self, method: str) -> None:
+        if self.resolution < 1:
+            raise ConfigError(f"method {method}: resolution must be at least 1, got "
+                              f"{self.resolution}")
+        if self.weight < 0 or self.ce_weight < 0:
+            raise ConfigError(f"method {method}: weight and ce_weight must not be negative")
 
 
 @register_method("catkd")
-class ClassAttentionTransfer(Method):
+class ClassAttentionTransfer(Method[CATKDParams]):
     """Class attention transfer: "Class Attention Transfer Based Knowledge Distillation", Guo,
     Yan, Li & Lin, CVPR 2023. Authors' code: github.com/GzyAftermath/CAT-KD,
     ``mdistiller/distillers/CAT_KD.py``, ``mdistiller/engine/cfg.py``, ``tools/train.py``,
@@ -79,26 +89,7 @@ class ClassAttentionTransfer(Method):
     url = "https://arxiv.org/abs/2304.12777"
     needs = FeatureRequest(pre_pool=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 400.0
-        ce_weight: float = 1.0
-        resolution: int = 2
-        normalize: bool = True
-        only_cat: bool = False
-        binarize: bool = False
-        partial_cams: bool = False
-        cams_num: int = 100
-        strategy: Literal["top", "bottom"] = "top"
-
-        def check(self, method: str) -> None:
-            if self.resolution < 1:
-                raise ConfigError(f"method {method}: resolution must be at least 1, got "
-                                  f"{self.resolution}")
-            if self.weight < 0 or self.ce_weight < 0:
-                raise ConfigError(f"method {method}: weight and ce_weight must not be negative")
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: CATKDParams) -> None:
         super().__init__(ctx, params)
         p = self.params
         if p.partial_cams:
@@ -112,16 +103,15 @@ class ClassAttentionTransfer(Method):
         ce_weight = 0.0 if self.params.only_cat else self.params.ce_weight
         return [dataclasses.replace(main, ce_weight=ce_weight)]
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None and step.student is not None and step.teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         p = self.params
-        assert student.pre_pool is not None and teacher.pre_pool is not None
-        student_cams = KA.class_activation_maps(
-            student.pre_pool, classifier_weight(step.student, self.name).to(student.pre_pool))
+        student, teacher = features["student"].pre_pool, features["teacher"].pre_pool
+        assert student is not None and teacher is not None
+        s_weight = classifier_weight(step.networks["student"], self.name)
+        student_cams = KA.class_activation_maps(student, s_weight.to(student))
         with torch.no_grad():
-            t_weight = classifier_weight(step.teacher, self.name).detach()
-            teacher_cams = KA.class_activation_maps(teacher.pre_pool, t_weight.to(teacher.pre_pool))
+            t_weight = classifier_weight(step.networks["teacher"], self.name).detach()
+            teacher_cams = KA.class_activation_maps(teacher, t_weight.to(teacher))
             if p.partial_cams:
                 mask = KA._partial_mask(teacher_cams.mean(dim=(2, 3)), p.cams_num, p.strategy)
             if p.binarize:

@@ -1,6 +1,7 @@
 """Correlation congruence (CC): match the batch's Gaussian-RBF correlation matrices."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from torch import Tensor
 
@@ -10,8 +11,15 @@ from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class CCParams(MethodParams):
+    weight: float = 100.0
+    gamma: float = 0.4
+    order: int = 2
+
+
 @register_method("cc")
-class CorrelationCongruence(Method):
+class CorrelationCongruence(Method[CCParams]):
     """Correlation congruence: "Correlation Congruence for Knowledge Distillation", Peng et al.,
     ICCV 2019.
 
@@ -28,15 +36,7 @@ class CorrelationCongruence(Method):
     url = "https://arxiv.org/abs/1904.01802"
     needs = FeatureRequest(pool=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 100.0
-        gamma: float = 0.4
-        order: int = 2
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        loss = KF.correlation_congruence(student.pool, teacher.pool, self.params.gamma,
-                                         self.params.order)
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        loss = KF.correlation_congruence(features["student"].pool, features["teacher"].pool,
+                                         self.params.gamma, self.params.order)
         return {"cc": self.params.weight * loss}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -40,8 +41,25 @@ class Embed(nn.Module):
         return F.normalize(self.linear(x.flatten(1)), p=2, dim=1)
 
 
+@dataclass(frozen=True)
+class CRDParams(MethodParams):
+    weight: float = 0.2
+    feat_dim: int = 128
+    nce_k: int = 16384
+    nce_t: float = 0.1
+    nce_mom: float = 0.5
+    mode: Literal["exact", "relax"] = "exact"
+    variant: Literal["reference", "repdistiller"] = "reference"
+    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "repdistiller": REPDISTILLER_DEFAULTS}
+
+    def check(self, method: str) -> None:
+        if self.nce_k < 1 or self.feat_dim < 1 or self.nce_t <= 0:
+            raise ConfigError("crd needs nce_k >= 1, feat_dim >= 1 and nce_t > 0")
+
+
 @register_method("crd")
-class ContrastiveRepresentationDistillation(Method):
+class ContrastiveRepresentationDistillation(Method[CRDParams]):
     """Contrastive representation distillation: "Contrastive Representation Distillation", Tian,
     Krishnan & Isola, ICLR 2020.
 
@@ -101,25 +119,8 @@ class ContrastiveRepresentationDistillation(Method):
     z_t: Tensor
     z_s: Tensor
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 0.2
-        feat_dim: int = 128
-        nce_k: int = 16384
-        nce_t: float = 0.1
-        nce_mom: float = 0.5
-        mode: Literal["exact", "relax"] = "exact"
-        variant: Literal["reference", "repdistiller"] = "reference"
-        variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-            "repdistiller": REPDISTILLER_DEFAULTS}
-
-        def check(self, method: str) -> None:
-            if self.nce_k < 1 or self.feat_dim < 1 or self.nce_t <= 0:
-                raise ConfigError("crd needs nce_k >= 1, feat_dim >= 1 and nce_t > 0")
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: CRDParams) -> None:
         super().__init__(ctx, params)
-        assert ctx.teacher_info is not None, "crd needs a teacher"
         p = self.params
         self.nce_k = p.nce_k
         self.nce_t = p.nce_t
@@ -128,8 +129,8 @@ class ContrastiveRepresentationDistillation(Method):
         feat_dim = p.feat_dim
         # Created in the reference's order (embed_s, embed_t, memory_t, memory_s), so the same
         # seed gives the same initial values.
-        self.embed_s = Embed(ctx.student_info.pool, feat_dim)
-        self.embed_t = Embed(ctx.teacher_info.pool, feat_dim)
+        self.embed_s = Embed(ctx.infos["student"].pool, feat_dim)
+        self.embed_t = Embed(ctx.infos["teacher"].pool, feat_dim)
         labels = ctx.train_labels.detach().to("cpu", torch.long).flatten()
         self.num_data = int(labels.numel())
         stdv = 1.0 / math.sqrt(feat_dim / 3)
@@ -202,11 +203,9 @@ class ContrastiveRepresentationDistillation(Method):
         return torch.cat([positive.unsqueeze(1), self.class_sorted[ranks]], dim=1)
 
     # ------------------------------------------------------------------------------- forward
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        embedded_s = self.embed_s(student.pool)
-        embedded_t = self.embed_t(teacher.pool)  # no_grad features, but embed_t learns
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        embedded_s = self.embed_s(features["student"].pool)
+        embedded_t = self.embed_t(features["teacher"].pool)  # no_grad features; embed_t learns
         batch, device = step.batch, self.memory_s.device
         whole = batch.global_indices if batch.global_indices is not None else batch.indices
         whole = whole.to(device=device, dtype=torch.long)

@@ -1,6 +1,7 @@
 """CTKD: knowledge distillation with a learned, curriculum-scheduled temperature."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -8,14 +9,36 @@ from torch import Tensor
 from .. import functional as KF
 from ..errors import ConfigError
 from ..models.features import Features
-from ._logit import LogitMethod
+from ._logit import logit_pair
 from ._temperature import CurriculumTemperature
-from .base import MethodContext, MethodParams, Step
+from .base import Method, MethodContext, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class CTKDParams(MethodParams):
+    ce_weight: float = 0.1        # -r
+    weight: float = 0.9           # -a
+    t_start: float = 1.0
+    t_end: float = 20.0
+    cosine_decay: bool = True
+    decay_max: float = 0.0
+    decay_min: float = -1.0
+    decay_loops: int = 10
+    standardize: bool = False     # logit standardization (LS, CVPR 2024)
+
+    def check(self, method: str) -> None:
+        if self.decay_loops < 1:
+            raise ConfigError(f"method {method}: decay_loops must be >= 1, got "
+                              f"{self.decay_loops}")
+        if not (self.t_start > 0 and self.t_end >= 0):
+            raise ConfigError(f"method {method}: the temperature t_start + t_end * sigmoid(p) "
+                              f"needs t_start > 0 and t_end >= 0, got {self.t_start} and "
+                              f"{self.t_end}")
+
+
 @register_method("ctkd")
-class CurriculumTemperatureKD(LogitMethod):
+class CurriculumTemperatureKD(Method[CTKDParams]):
     """Curriculum temperature for KD: "Curriculum Temperature for Knowledge Distillation", Li,
     Li, Yang, Zhao, Song, Luo, Li & Yang, AAAI 2023; reference github.com/zhengli97/CTKD
     (``train_student.py``, ``helper/loops.py``, ``distiller_zoo/KD.py``,
@@ -42,37 +65,15 @@ class CurriculumTemperatureKD(LogitMethod):
              "Luo, Li & Yang, AAAI 2023")
     url = "https://github.com/zhengli97/CTKD"
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 0.1        # -r
-        weight: float = 0.9           # -a
-        t_start: float = 1.0
-        t_end: float = 20.0
-        cosine_decay: bool = True
-        decay_max: float = 0.0
-        decay_min: float = -1.0
-        decay_loops: int = 10
-        standardize: bool = False     # logit standardization (LS, CVPR 2024)
-
-        def check(self, method: str) -> None:
-            if self.decay_loops < 1:
-                raise ConfigError(f"method {method}: decay_loops must be >= 1, got "
-                                  f"{self.decay_loops}")
-            if not (self.t_start > 0 and self.t_end >= 0):
-                raise ConfigError(f"method {method}: the temperature t_start + t_end * sigmoid(p) "
-                                  f"needs t_start > 0 and t_end >= 0, got {self.t_start} and "
-                                  f"{self.t_end}")
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: CTKDParams) -> None:
         super().__init__(ctx, params)
-        self.learned_temperature = CurriculumTemperature(self.params)
+        self.learned_temperature = CurriculumTemperature(params)
 
     def temperature(self, step: Step) -> Tensor:
         return self.learned_temperature(step)
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = self.logit_pair(student.logits, teacher.logits)
-        loss = KF.soft_target(s, t, self.temperature(step))  # type: ignore[arg-type]
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s, t = logit_pair(features["student"].logits, features["teacher"].logits,
+                          self.params.standardize)
+        loss = KF.soft_target(s, t, self.temperature(step))
         return {"ctkd": self.params.weight * loss}

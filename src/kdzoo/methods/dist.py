@@ -1,20 +1,36 @@
 """DIST: matching the inter- and intra-class relations of the predictions (Pearson correlation)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..functional.logit_kd import dist
 from ..models.features import Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step, positive
-from .kd import non_negative
+from ._logit import LogitMethod, LogitParams
+from .base import Step, non_negative, positive
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class DISTParams(LogitParams):
+    ce_weight: float = 1.0
+    weight: float = 2.0   # DIST's overall weight (kd_loss_weight)
+    beta: float = 1.0     # inter-class relation
+    gamma: float = 1.0    # intra-class relation
+    temperature: float = 4.0  # tau (dist_t4)
+    standardize: bool = False  # logit standardization (LS, CVPR 2024)
+    ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
+
+    def check(self, method: str) -> None:
+        positive(method, temperature=self.temperature)
+        non_negative(method, ce_weight=self.ce_weight, weight=self.weight, beta=self.beta,
+                     gamma=self.gamma)
+
+
 @register_method("dist")
-class DIST(LogitMethod):
+class DIST(LogitMethod[DISTParams]):
     """DIST: "Knowledge Distillation from A Stronger Teacher", Huang, You, Wang, Qian & Xu,
     NeurIPS 2022.
 
@@ -45,24 +61,7 @@ class DIST(LogitMethod):
     url = ("https://github.com/hunto/image_classification_sota/blob/main/"
            "lib/models/losses/dist_kd.py")
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 1.0
-        weight: float = 2.0   # DIST's overall weight (kd_loss_weight)
-        beta: float = 1.0     # inter-class relation
-        gamma: float = 1.0    # intra-class relation
-        temperature: float = 4.0  # tau (dist_t4)
-        standardize: bool = False  # logit standardization (LS, CVPR 2024)
-        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
-
-        def check(self, method: str) -> None:
-            positive(method, temperature=self.temperature)
-            non_negative(method, ce_weight=self.ce_weight, weight=self.weight, beta=self.beta,
-                         gamma=self.gamma)
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = self.logit_pair(student.logits, teacher.logits)
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s, t = self.logit_pair(features["student"].logits, features["teacher"].logits)
         loss = dist(s, t, self.params.beta, self.params.gamma, self.temperature(step))
         return {"dist": self.params.weight * loss}

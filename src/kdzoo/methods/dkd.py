@@ -1,33 +1,37 @@
 """Decoupled knowledge distillation (DKD): target-class and non-target-class KD, weighted apart."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..functional.logit_kd import decoupled_kd
 from ..models.features import Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step, positive
-from .kd import non_negative
+from ._logit import LogitMethod, LogitParams
+from ._warmup import check_warmup, warmup_factor
+from .base import Step, non_negative, positive
 from .registry import register_method
 
 
-def warmup_factor(epoch: int, warmup: int) -> float:
-    """mdistiller's linear warm-up of the distillation terms, ``min(epoch / warmup, 1)`` for the
-    1-based ``epoch``; ``warmup`` 0 switches it off (factor 1 from the first epoch)."""
-    return 1.0 if warmup == 0 else min(epoch / warmup, 1.0)
+@dataclass(frozen=True)
+class DKDParams(LogitParams):
+    ce_weight: float = 1.0
+    alpha: float = 1.0   # TCKD weight
+    beta: float = 8.0    # NCKD weight
+    temperature: float = 4.0
+    warmup: int = 20     # epochs of linear warm-up of the DKD terms (0: none)
+    standardize: bool = False  # logit standardization (LS, CVPR 2024)
+    ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
 
-
-def check_warmup(method: str, warmup: int) -> None:
-    if warmup < 0:
-        raise ConfigError(f"method {method}: warmup must be a number of epochs >= 0 "
-                          f"(0: no warm-up), got {warmup}")
+    def check(self, method: str) -> None:
+        positive(method, temperature=self.temperature)
+        non_negative(method, ce_weight=self.ce_weight, alpha=self.alpha, beta=self.beta)
+        check_warmup(method, self.warmup)
 
 
 @register_method("dkd")
-class DecoupledKD(LogitMethod):
+class DecoupledKD(LogitMethod[DKDParams]):
     """Decoupled knowledge distillation: "Decoupled Knowledge Distillation", Zhao, Cui, Song, Qiu
     & Liang, CVPR 2022.
 
@@ -51,25 +55,8 @@ class DecoupledKD(LogitMethod):
     paper = "Decoupled Knowledge Distillation, Zhao, Cui, Song, Qiu & Liang, CVPR 2022"
     url = "https://github.com/megvii-research/mdistiller/blob/master/mdistiller/distillers/DKD.py"
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 1.0
-        alpha: float = 1.0   # TCKD weight
-        beta: float = 8.0    # NCKD weight
-        temperature: float = 4.0
-        warmup: int = 20     # epochs of linear warm-up of the DKD terms (0: none)
-        standardize: bool = False  # logit standardization (LS, CVPR 2024)
-        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
-
-        def check(self, method: str) -> None:
-            positive(method, temperature=self.temperature)
-            non_negative(method, ce_weight=self.ce_weight, alpha=self.alpha, beta=self.beta)
-            check_warmup(method, self.warmup)
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = self.logit_pair(student.logits, teacher.logits)
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s, t = self.logit_pair(features["student"].logits, features["teacher"].logits)
         loss = decoupled_kd(s, t, step.batch.labels, self.params.alpha, self.params.beta,
                             self.temperature(step))
         return {"dkd": warmup_factor(step.epoch, self.params.warmup) * loss}

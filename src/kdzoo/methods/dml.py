@@ -1,6 +1,7 @@
 """Deep mutual learning: two networks trained together, each distilling from the other."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -12,8 +13,13 @@ from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class DMLParams(MethodParams):
+    weight: float = 1.0
+
+
 @register_method("dml")
-class DeepMutualLearning(Method):
+class DeepMutualLearning(Method[DMLParams]):
     """Deep mutual learning: "Deep Mutual Learning", Zhang, Xiang, Hospedales & Lu, CVPR 2018.
 
     The method's second network is a trainable peer (role "peer", named by ``--teacher``): like
@@ -42,13 +48,8 @@ class DeepMutualLearning(Method):
     # the peer is named by the config's teacher section (--teacher NET1 --student NET2)
     roles = (STUDENT, Role("peer", trainable=True, source="teacher"))
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 1.0
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        s_logits, p_logits = student.logits, step.features["peer"].logits
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s_logits, p_logits = features["student"].logits, features["peer"].logits
         weight = self.params.weight
         return {
             "dml": weight * KF.mutual_learning(s_logits, p_logits.detach()),

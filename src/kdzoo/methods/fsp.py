@@ -2,20 +2,31 @@
 initialisation stage before ordinary training."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from .. import functional as KF
 from ..models.features import FeatureRequest, Features
-from ._feature_maps import (InitThenCrossEntropy, check_init_settings, connect, connector_key,
-                            width_connectors)
-from .base import MethodContext, MethodParams, Step
+from ._feature_maps import (InitParams, InitThenCrossEntropy, check_init_settings, connect,
+                            connector_key, width_connectors)
+from .base import MethodContext, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class FSPParams(InitParams):
+    weight: float = 1.0
+    init_epochs: int = 50
+    init_lr: float = 0.01
+
+    def check(self, method: str) -> None:
+        check_init_settings(method, self.init_epochs, self.init_lr)
+
+
 @register_method("fsp")
-class FlowOfSolutionProcedure(InitThenCrossEntropy):
+class FlowOfSolutionProcedure(InitThenCrossEntropy[FSPParams]):
     """FSP matrices: "A Gift from Knowledge Distillation: Fast Optimization, Network Minimization
     and Transfer Learning", Yim, Joo, Bae & Kim, CVPR 2017.
 
@@ -49,24 +60,15 @@ class FlowOfSolutionProcedure(InitThenCrossEntropy):
            "Yim_A_Gift_From_CVPR_2017_paper.html")
     needs = FeatureRequest.last(3, stem=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 1.0
-        init_epochs: int = 50
-        init_lr: float = 0.01
-
-        def check(self, method: str) -> None:
-            check_init_settings(method, self.init_epochs, self.init_lr)
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: FSPParams) -> None:
         super().__init__(ctx, params)
         self.connectors = width_connectors(ctx, self.requests["student"], stem=True)
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None and student.stem is not None and teacher.stem is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        student, teacher = features["student"], features["teacher"]
+        assert student.stem is not None and teacher.stem is not None
         positions = self.requests["student"].positions
-        keys = ["stem"] + [connector_key(self.ctx.student_info, p) for p in positions]
+        keys = ["stem"] + [connector_key(self.ctx.infos["student"], p) for p in positions]
         s_maps = [student.stem, *student.maps(positions)]
         t_maps = [teacher.stem, *teacher.maps(self.requests["teacher"].positions)]
         mapped = [connect(self.connectors, k, m) for k, m in zip(keys, s_maps)]

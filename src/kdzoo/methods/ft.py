@@ -1,6 +1,7 @@
 """FT: factor transfer through a pre-trained paraphraser and a trained translator."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,8 +98,24 @@ class Translator(nn.Module):
         return self.encoder(x)
 
 
+@dataclass(frozen=True)
+class FTParams(MethodParams):
+    weight: float = 200.0
+    k: float = 0.5
+    paraphraser_epochs: int = 30
+    paraphraser_lr: float = 0.01
+    use_bn: BatchNormRule = "reference"
+
+    def check(self, method: str) -> None:
+        if self.paraphraser_epochs < 1:
+            raise ConfigError("method ft: paraphraser_epochs must be at least 1 (the "
+                              "paraphraser is trained before distilling), got "
+                              f"{self.paraphraser_epochs}")
+        positive(method, paraphraser_lr=self.paraphraser_lr, k=self.k)
+
+
 @register_method("ft")
-class FactorTransfer(Method):
+class FactorTransfer(Method[FTParams]):
     """Factor transfer: "Paraphrasing Complex Network: Network Compression via Factor Transfer",
     Kim, Park & Kwak, NeurIPS 2018.
 
@@ -135,33 +152,17 @@ class FactorTransfer(Method):
     url = "https://arxiv.org/abs/1802.04977"
     needs = FeatureRequest.last(1)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 200.0
-        k: float = 0.5
-        paraphraser_epochs: int = 30
-        paraphraser_lr: float = 0.01
-        use_bn: BatchNormRule = "reference"
-
-        def check(self, method: str) -> None:
-            if self.paraphraser_epochs < 1:
-                raise ConfigError("method ft: paraphraser_epochs must be at least 1 (the "
-                                  "paraphraser is trained before distilling), got "
-                                  f"{self.paraphraser_epochs}")
-            positive(method, paraphraser_lr=self.paraphraser_lr, k=self.k)
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: FTParams) -> None:
         super().__init__(ctx, params)
-        assert ctx.teacher_info is not None
         p = self.params
-        teacher_ch = ctx.teacher_info.stages[-1].channels
+        teacher_ch = ctx.infos["teacher"].stages[-1].channels
         factor_ch = int(teacher_ch * p.k)
         if factor_ch < 1:
             raise ConfigError(f"method ft: k={p.k} leaves no factor channel for a teacher with "
                               f"{teacher_ch} channels; use a larger k")
         self.use_bn = uses_batchnorm(p.use_bn, ctx.data_name)
         self.paraphraser = Paraphraser(teacher_ch, factor_ch, self.use_bn)
-        self.translator = Translator(ctx.student_info.stages[-1].channels, factor_ch,
+        self.translator = Translator(ctx.infos["student"].stages[-1].channels, factor_ch,
                                      self.use_bn)
         # Only the paraphraser trains in the first stage (its optimiser takes the method's
         # trainable parameters); the translator joins the student's optimiser afterwards.
@@ -196,18 +197,17 @@ class FactorTransfer(Method):
             self.paraphraser.eval()
         return self
 
-    def forward(self, student: Features | None, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        teacher_map = teacher.stages[-1]
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        teacher_map = features["teacher"].stages[-1]
         assert teacher_map is not None
-        if step.stage.name == "paraphraser":
+        if step.stage.name == "paraphraser":  # the student does not run (no "student" features)
             _, reconstruction = self.paraphraser(teacher_map)
             return {"reconstruction": F.mse_loss(reconstruction, teacher_map)}
-        assert student is not None and student.stages[-1] is not None
+        student_map = features["student"].stages[-1]
+        assert student_map is not None
         with torch.no_grad():  # the frozen paraphraser's factor is a fixed target
             teacher_factor = self.paraphraser.encoder(teacher_map)
-        student_factor = self.translator(student.stages[-1])
+        student_factor = self.translator(student_map)
         # Networks of other resolutions: the larger factor is pooled to the smaller's size.
         student_factor, teacher_factor = KF.match_spatial_size(student_factor, teacher_factor)
         return {"ft": self.params.weight * KF.factor_transfer(student_factor, teacher_factor)}

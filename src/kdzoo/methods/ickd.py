@@ -1,6 +1,7 @@
 """ICKD: inter-channel correlation of the last stage, after a student embedding."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -26,8 +27,19 @@ class ChannelEmbed(nn.Module):
         return self.l2norm(self.conv2d(x))
 
 
+@dataclass(frozen=True)
+class ICKDParams(MethodParams):
+    weight: float = 2.5
+    ce_weight: float = 1.0
+
+    def check(self, method: str) -> None:
+        if self.weight < 0 or self.ce_weight < 0:
+            raise ConfigError(f"method {method}: weight and ce_weight must be 0 or more, got "
+                              f"{self.weight} and {self.ce_weight}")
+
+
 @register_method("ickd")
-class InterChannelCorrelation(Method):
+class InterChannelCorrelation(Method[ICKDParams]):
     """Inter-channel correlation: "Exploring Inter-Channel Correlation for Diversity-Preserved
     Knowledge Distillation", Liu, Huang, Lin, Xie, Wang, Chang & Liang, ICCV 2021. Reference:
     ADLab-AutoDrive/ICKD (https://github.com/ADLab-AutoDrive/ICKD), ``Cifar100/distiller_zoo/
@@ -54,25 +66,12 @@ class InterChannelCorrelation(Method):
     url = "https://github.com/ADLab-AutoDrive/ICKD"
     needs = FeatureRequest.last(1)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 2.5
-        ce_weight: float = 1.0
-
-        def check(self, method: str) -> None:
-            if self.weight < 0 or self.ce_weight < 0:
-                raise ConfigError(f"method {method}: weight and ce_weight must be 0 or more, got "
-                                  f"{self.weight} and {self.ce_weight}")
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: ICKDParams) -> None:
         super().__init__(ctx, params)
-        assert ctx.teacher_info is not None, "ickd needs a teacher"
         position = self.requests["student"].positions[-1]
-        self.embed_s = ChannelEmbed(ctx.student_info.stages[position].channels,
-                                    ctx.teacher_info.stages[position].channels)
+        self.embed_s = ChannelEmbed(ctx.infos["student"].stages[position].channels,
+                                    ctx.infos["teacher"].stages[position].channels)
 
-    def forward(self, student: Features | None, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert student is not None and teacher is not None
-        (s, t), = self.stage_pairs(student, teacher)
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        (s, t), = self.stage_pairs(features)
         return {"ickd": self.params.weight * inter_channel_correlation(self.embed_s(s), t)}

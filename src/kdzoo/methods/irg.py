@@ -1,6 +1,7 @@
 """Instance relationship graph (IRG): match vertices, edges and transformations of the batch."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -11,8 +12,16 @@ from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class IRGParams(MethodParams):
+    weight: float = 1.0
+    w_vert: float = 0.1
+    w_edge: float = 5.0
+    w_tran: float = 5.0
+
+
 @register_method("irg")
-class InstanceRelationGraph(Method):
+class InstanceRelationGraph(Method[IRGParams]):
     """Instance relationship graph: "Knowledge Distillation via Instance Relationship Graph",
     Liu et al., CVPR 2019.
 
@@ -40,18 +49,10 @@ class InstanceRelationGraph(Method):
            "Instance_Relationship_Graph_CVPR_2019_paper.pdf")
     needs = FeatureRequest.last(2, pool=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 1.0
-        w_vert: float = 0.1
-        w_edge: float = 5.0
-        w_tran: float = 5.0
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         p = self.params
-        (s_mid, t_mid), (s_last, t_last) = self.stage_pairs(student, teacher)
+        student, teacher = features["student"], features["teacher"]
+        (s_mid, t_mid), (s_last, t_last) = self.stage_pairs(features)
         edge = (KF.irg_edge(student.pool, teacher.pool) + KF.irg_edge(s_mid, t_mid)
                 + KF.irg_edge(s_last, t_last)) / 3.0
         transformation = KF.irg_transformation(s_mid, s_last, t_mid, t_last)

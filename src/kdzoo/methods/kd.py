@@ -1,27 +1,33 @@
 """Hinton et al.'s knowledge distillation in mdistiller's convention (CE 0.1, KD 0.9, T 4)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from .. import functional as KF
-from ..errors import ConfigError
 from ..models.features import Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step, positive
+from ._logit import LogitMethod, LogitParams
+from .base import Step, non_negative, positive
 from .registry import register_method
 
 
-def non_negative(method: str, **values: float) -> None:
-    """One line for the first of ``values`` (loss weights) that is negative."""
-    for key, value in values.items():
-        if not value >= 0:
-            raise ConfigError(f"method {method}: {key} must be non-negative, got {value}")
+@dataclass(frozen=True)
+class KDParams(LogitParams):
+    ce_weight: float = 0.1
+    weight: float = 0.9
+    temperature: float = 4.0
+    standardize: bool = False  # logit standardization (LS, CVPR 2024)
+    ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
+
+    def check(self, method: str) -> None:
+        positive(method, temperature=self.temperature)
+        non_negative(method, ce_weight=self.ce_weight, weight=self.weight)
 
 
 @register_method("kd")
-class KnowledgeDistillation(LogitMethod):
+class KnowledgeDistillation(LogitMethod[KDParams]):
     """Knowledge distillation: "Distilling the Knowledge in a Neural Network", Hinton, Vinyals &
     Dean, NIPS Deep Learning Workshop 2014.
 
@@ -38,21 +44,7 @@ class KnowledgeDistillation(LogitMethod):
     paper = "Distilling the Knowledge in a Neural Network, Hinton, Vinyals & Dean, NIPS-W 2014"
     url = "https://github.com/megvii-research/mdistiller/blob/master/mdistiller/distillers/KD.py"
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 0.1
-        weight: float = 0.9
-        temperature: float = 4.0
-        standardize: bool = False  # logit standardization (LS, CVPR 2024)
-        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
-
-        def check(self, method: str) -> None:
-            positive(method, temperature=self.temperature)
-            non_negative(method, ce_weight=self.ce_weight, weight=self.weight)
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = self.logit_pair(student.logits, teacher.logits)
-        loss = KF.soft_target(s, t, self.temperature(step))  # type: ignore[arg-type]
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s, t = self.logit_pair(features["student"].logits, features["teacher"].logits)
+        loss = KF.soft_target(s, t, self.temperature(step))
         return {"kd": self.params.weight * loss}

@@ -1,6 +1,7 @@
 """KDSVD: relations between the singular vectors of consecutive stages."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -13,8 +14,23 @@ from .base import Method, MethodContext, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class KDSVDParams(MethodParams):
+    k: int = 1
+    weight: float = 1.0
+    ce_weight: float = 1.0
+
+    def check(self, method: str) -> None:
+        if self.k < 1:
+            raise ConfigError(f"method {method}: k (singular vectors kept) must be at least "
+                              f"1, got {self.k}")
+        if self.weight < 0 or self.ce_weight < 0:
+            raise ConfigError(f"method {method}: weight and ce_weight must be 0 or more, got "
+                              f"{self.weight} and {self.ce_weight}")
+
+
 @register_method("kdsvd")
-class KDSVD(Method):
+class KDSVD(Method[KDSVDParams]):
     """Singular-value-decomposition distillation: "Self-supervised Knowledge Distillation Using
     Singular Value Decomposition", Lee, Kim & Song, ECCV 2018. Reference: megvii-research/
     mdistiller ``mdistiller/distillers/KDSVD.py`` with its defaults in
@@ -42,29 +58,13 @@ class KDSVD(Method):
     url = "https://github.com/megvii-research/mdistiller/blob/master/mdistiller/distillers/KDSVD.py"
     needs = FeatureRequest(stages="all")
 
-    @dataclass
-    class Params(MethodParams):
-        k: int = 1
-        weight: float = 1.0
-        ce_weight: float = 1.0
-
-        def check(self, method: str) -> None:
-            if self.k < 1:
-                raise ConfigError(f"method {method}: k (singular vectors kept) must be at least "
-                                  f"1, got {self.k}")
-            if self.weight < 0 or self.ce_weight < 0:
-                raise ConfigError(f"method {method}: weight and ce_weight must be 0 or more, got "
-                                  f"{self.weight} and {self.ce_weight}")
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: KDSVDParams) -> None:
         super().__init__(ctx, params)
         if len(self.requests["student"].positions) < 2:
             raise ConfigError("method kdsvd relates consecutive stages, and these networks share "
                               "fewer than two; choose networks with at least two stages")
 
-    def forward(self, student: Features | None, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert student is not None and teacher is not None
-        pairs = [match_spatial_size(s, t) for s, t in self.stage_pairs(student, teacher)]
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        pairs = [match_spatial_size(s, t) for s, t in self.stage_pairs(features)]
         loss = kdsvd([s for s, _ in pairs], [t for _, t in pairs], k=self.params.k)
         return {"kdsvd": self.params.weight * loss}

@@ -1,6 +1,7 @@
 """Logit regression: Ba & Caruana's mimic learning."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from torch import Tensor
 
@@ -10,8 +11,13 @@ from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class LogitsParams(MethodParams):
+    weight: float = 0.1
+
+
 @register_method("logits")
-class LogitRegression(Method):
+class LogitRegression(Method[LogitsParams]):
     """Regressing the teacher's logits: "Do Deep Nets Really Need to be Deep?", Ba & Caruana,
     NIPS 2014.
 
@@ -24,11 +30,6 @@ class LogitRegression(Method):
     paper = "Do Deep Nets Really Need to be Deep?, Ba & Caruana, NIPS 2014"
     url = "https://arxiv.org/abs/1312.6184"
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 0.1
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        return {"logits": self.params.weight * KF.logits_mse(student.logits, teacher.logits)}
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        loss = KF.logits_mse(features["student"].logits, features["teacher"].logits)
+        return {"logits": self.params.weight * loss}

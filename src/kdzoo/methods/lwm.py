@@ -1,6 +1,7 @@
 """LwM: distilling Grad-CAM attention maps of the middle stage."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -12,8 +13,14 @@ from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class LwMParams(MethodParams):
+    weight: float = 0.4
+    grad_cam: bool = False
+
+
 @register_method("lwm")
-class LearningWithoutMemorizing(Method):
+class LearningWithoutMemorizing(Method[LwMParams]):
     """LwM's attention distillation: "Learning without Memorizing", Dhar, Singh, Peng, Wu &
     Chellappa, CVPR 2019.
 
@@ -41,18 +48,13 @@ class LearningWithoutMemorizing(Method):
     needs = FeatureRequest(stages=(-2,))  # the middle stage of a three-stage network
     needs_input_grad = True
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 0.4
-        grad_cam: bool = False
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         labels, grad_cam = step.batch.labels, self.params.grad_cam
-        ((s_map, t_map),) = self.stage_pairs(student, teacher)
-        student_grad = true_class_grad(student.logits, labels, s_map, create_graph=True)
-        teacher_grad = true_class_grad(teacher.logits, labels, t_map, create_graph=False)
+        ((s_map, t_map),) = self.stage_pairs(features)
+        student_grad = true_class_grad(features["student"].logits, labels, s_map,
+                                       create_graph=True)
+        teacher_grad = true_class_grad(features["teacher"].logits, labels, t_map,
+                                       create_graph=False)
         # Networks of other resolutions: the larger map and its gradient are pooled to the
         # smaller's size before the attention maps are formed.
         student_grad, teacher_grad = KF.match_spatial_size(student_grad, teacher_grad)

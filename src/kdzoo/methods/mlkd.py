@@ -1,6 +1,7 @@
 """MLKD: instance-, class- and batch-level logit distillation over several temperatures."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,8 +13,8 @@ from ..errors import ConfigError
 from ..functional.logits import soft_target
 from ..functional.multilevel import batch_correlation, class_correlation
 from ..models.features import Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step
+from ._logit import LogitMethod, LogitParams
+from .base import Step
 from .registry import register_method
 
 #: The temperatures after the base one, in the reference's order: [T, 3, 5, 2, 6].
@@ -38,8 +39,23 @@ def confidence_masks(teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
     return below_median(confidence), below_median(class_confidence)
 
 
+@dataclass(frozen=True)
+class MLKDParams(LogitParams):
+    ce_weight: float = 0.1     # cfg.KD.LOSS.CE_WEIGHT
+    weight: float = 0.9        # cfg.KD.LOSS.KD_WEIGHT
+    temperature: float = 4.0   # cfg.KD.TEMPERATURE (the first of T, 3, 5, 2, 6)
+    protocol: Literal["standard", "paper"] = "standard"
+    standardize: bool = False  # logit standardization (LS, CVPR 2024), on the KD terms
+    ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023) for T
+
+    def check(self, method: str) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"method {method}: temperature must be positive, got "
+                              f"{self.temperature}")
+
+
 @register_method("mlkd")
-class MultiLevelLogitDistillation(LogitMethod):
+class MultiLevelLogitDistillation(LogitMethod[MLKDParams]):
     """Multi-level logit distillation: "Multi-Level Logit Distillation", Jin, Wang & Lin,
     CVPR 2023; reference github.com/Jin-Ying/Multi-Level-Logit-Distillation
     (``mdistiller/distillers/KD_ours.py``, ``mdistiller/engine/cfg.py``,
@@ -78,9 +94,10 @@ class MultiLevelLogitDistillation(LogitMethod):
       as above.
     * ``"paper"``: as the authors train, with an extra strong view of each image (``views`` =
       ("strong",); the loader draws the crop and flip anew, then MLKD's RandAugment(2, 10) with
-      Cutout, :mod:`kdzoo.data.randaugment`). The student runs on it too (a second forward pass
-      in training mode, so its BatchNorm statistics see both views, weak first, as in the
-      reference), the teacher through its inference path. Terms: ``ce``, ``strong_ce``,
+      Cutout, :mod:`kdzoo.data.randaugment`). Both networks run on it through ``Step.run``: the
+      student in a second pass of the step module's forward (compiled with ``--compile``), in
+      training mode, so its BatchNorm statistics see both views, weak first, as in the
+      reference; the teacher through its inference path. Terms: ``ce``, ``strong_ce``,
       ``kd_weak`` (the masked weak sum), ``kd_strong`` (T, 3, 5 on the strong view, 2 and 6 on
       the weak), ``cc``, ``bc``.
 
@@ -96,38 +113,22 @@ class MultiLevelLogitDistillation(LogitMethod):
     paper = "Multi-Level Logit Distillation, Jin, Wang & Lin, CVPR 2023"
     url = "https://github.com/Jin-Ying/Multi-Level-Logit-Distillation"
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 0.1     # cfg.KD.LOSS.CE_WEIGHT
-        weight: float = 0.9        # cfg.KD.LOSS.KD_WEIGHT
-        temperature: float = 4.0   # cfg.KD.TEMPERATURE (the first of T, 3, 5, 2, 6)
-        protocol: Literal["standard", "paper"] = "standard"
-        standardize: bool = False  # logit standardization (LS, CVPR 2024), on the KD terms
-        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023) for T
-
-        def check(self, method: str) -> None:
-            if not self.temperature > 0:
-                raise ConfigError(f"method {method}: temperature must be positive, got "
-                                  f"{self.temperature}")
-
     @property
     def views(self) -> tuple[str, ...]:
-        return ("strong",) if self.params.protocol == "paper" else ()  # type: ignore[attr-defined]
+        return ("strong",) if self.params.protocol == "paper" else ()
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         p = self.params
-        weak_s, weak_t = student.logits, teacher.logits
-        paper = p.protocol == "paper"  # type: ignore[attr-defined]
+        weak_s, weak_t = features["student"].logits, features["teacher"].logits
+        paper = p.protocol == "paper"
         if paper:
             strong_images = step.batch.views["strong"]
-            assert step.student is not None
-            strong_s = step.student(strong_images)
-            strong_t = step.frozen["teacher"](strong_images).logits
+            strong_s = step.run("student", strong_images).logits
+            with torch.no_grad():  # a target: no autograd through the teacher
+                strong_t = step.run("teacher", strong_images).logits
         else:
             strong_s, strong_t = weak_s, weak_t
-        weight = p.weight  # type: ignore[attr-defined]
+        weight = p.weight
         temperatures = (self.temperature(step), *EXTRA_TEMPERATURES)
         mask, class_mask = confidence_masks(weak_t)
         kd_weak_s, kd_weak_t = self.logit_pair(weak_s, weak_t)

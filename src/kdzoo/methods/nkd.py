@@ -1,20 +1,33 @@
 """Normalized KD (NKD): the target probability and the normalized non-target distribution."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..functional.logit_kd import normalized_kd
 from ..models.features import Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step, positive
-from .kd import non_negative
+from ._logit import LogitMethod, LogitParams
+from .base import Step, non_negative, positive
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class NKDParams(LogitParams):
+    ce_weight: float = 1.0
+    temperature: float = 1.0
+    gamma: float = 1.5   # weight of the non-target term
+    standardize: bool = False  # logit standardization (LS, CVPR 2024)
+    ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
+
+    def check(self, method: str) -> None:
+        positive(method, temperature=self.temperature)
+        non_negative(method, ce_weight=self.ce_weight, gamma=self.gamma)
+
+
 @register_method("nkd")
-class NormalizedKD(LogitMethod):
+class NormalizedKD(LogitMethod[NKDParams]):
     """Normalized knowledge distillation: "From Knowledge Distillation to Self-Knowledge
     Distillation: A Unified Approach with Normalized Loss and Customized Soft Labels", Yang, Zeng,
     Li, Zhang, Yuan & Li, ICCV 2023.
@@ -37,21 +50,7 @@ class NormalizedKD(LogitMethod):
              "with Normalized Loss and Customized Soft Labels, Yang et al., ICCV 2023")
     url = "https://github.com/yzd-v/cls_KD/blob/1.0/mmcls/models/dis_losses/nkd.py"
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 1.0
-        temperature: float = 1.0
-        gamma: float = 1.5   # weight of the non-target term
-        standardize: bool = False  # logit standardization (LS, CVPR 2024)
-        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
-
-        def check(self, method: str) -> None:
-            positive(method, temperature=self.temperature)
-            non_negative(method, ce_weight=self.ce_weight, gamma=self.gamma)
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = self.logit_pair(student.logits, teacher.logits)
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s, t = self.logit_pair(features["student"].logits, features["teacher"].logits)
         loss = normalized_kd(s, t, step.batch.labels, self.temperature(step), self.params.gamma)
         return {"nkd": loss}

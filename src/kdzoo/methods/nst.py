@@ -1,6 +1,7 @@
 """Neuron selectivity transfer (NST): match the distribution of channel activation patterns."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -17,8 +18,16 @@ from .registry import register_method
 REPDISTILLER_DEFAULTS: dict[str, Any] = {"weight": 50.0}
 
 
+@dataclass(frozen=True)
+class NSTParams(MethodParams):
+    weight: float = 10.0
+    variant: Literal["reference", "repdistiller"] = "reference"
+    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "repdistiller": REPDISTILLER_DEFAULTS}
+
+
 @register_method("nst")
-class NeuronSelectivityTransfer(Method):
+class NeuronSelectivityTransfer(Method[NSTParams]):
     """Neuron selectivity transfer: "Like What You Like: Knowledge Distill via Neuron Selectivity
     Transfer", Huang & Wang, arXiv 2017.
 
@@ -53,27 +62,18 @@ class NeuronSelectivityTransfer(Method):
     url = "https://arxiv.org/abs/1707.01219"
     needs = FeatureRequest.last(1)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 10.0
-        variant: Literal["reference", "repdistiller"] = "reference"
-        variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-            "repdistiller": REPDISTILLER_DEFAULTS}
-
     @classmethod
-    def feature_requests(cls, params: MethodParams,
-                         infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
-        if params.variant != "repdistiller":  # type: ignore[attr-defined]
+    def feature_requests(cls, params: NSTParams,
+                         infos: Mapping[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+        if params.variant != "repdistiller":
             return super().feature_requests(params, infos)
         return cls.every_stage_requests(infos)
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         if self.params.variant == "repdistiller":
             losses = [KF.neuron_selectivity_transfer(*KR.repdistiller_match_size(s, t))
-                      for s, t in self.stage_pairs(student, teacher)]
+                      for s, t in self.stage_pairs(features)]
             return {"nst": sum(losses) * self.params.weight}
         losses = [KF.neuron_selectivity_transfer(*KF.match_spatial_size(s, t))
-                  for s, t in self.stage_pairs(student, teacher)]
+                  for s, t in self.stage_pairs(features)]
         return {"nst": sum(losses) / len(losses) * self.params.weight}

@@ -1,15 +1,18 @@
 """OFD: a comprehensive overhaul of feature distillation (margin ReLU + partial L2)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from torch import Tensor, nn
 
 from .. import functional as KF
+from ..errors import ConfigError
 from ..models.features import FeatureInfo, FeatureRequest, Features
-from .base import Method, MethodContext, MethodParams, Step
 from ._feature_maps import conv_bn_connector
+from ._networks import feature_net
+from .base import Method, MethodContext, MethodParams, Step
 from .registry import register_method
 
 
@@ -23,12 +26,24 @@ def teacher_bn_before(teacher: nn.Module, position: int) -> nn.BatchNorm2d:
     residual branch only (an approximation the official code makes too). A network that names
     no such BatchNorm is refused before the run (the request asks for ``bn_before_relu``).
     """
-    name = teacher.feature_info.stages[position].bn_before_relu  # type: ignore[union-attr]
-    return teacher.get_submodule(name)
+    network = feature_net(teacher)
+    name = network.feature_info.stages[position].bn_before_relu
+    assert name is not None, "the teacher's request asks for bn_before_relu"
+    bn = network.get_submodule(name)
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise ConfigError(f"method ofd: the teacher's {name} is a {type(bn).__name__}, not the "
+                          "BatchNorm2d of the paper's margin; use margin=batch")
+    return bn
+
+
+@dataclass(frozen=True)
+class OFDParams(MethodParams):
+    weight: float = 0.5
+    margin: Literal["batch", "bn"] = "batch"
 
 
 @register_method("ofd")
-class OverhaulFeatureDistillation(Method):
+class OverhaulFeatureDistillation(Method[OFDParams]):
     """Overhaul of feature distillation: "A Comprehensive Overhaul of Feature Distillation",
     Heo, Kim, Yun, Park, Kwak & Choi, ICCV 2019.
 
@@ -60,42 +75,33 @@ class OverhaulFeatureDistillation(Method):
     url = "https://arxiv.org/abs/1904.01866"
     needs = FeatureRequest.last(3, preact=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 0.5
-        margin: Literal["batch", "bn"] = "batch"
-
     @classmethod
-    def feature_requests(cls, params: MethodParams,
-                         infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+    def feature_requests(cls, params: OFDParams,
+                         infos: Mapping[str, FeatureInfo]) -> dict[str, FeatureRequest]:
         requests = super().feature_requests(params, infos)
-        if params.margin == "bn":  # type: ignore[attr-defined]
+        if params.margin == "bn":
             requests["teacher"] = replace(requests["teacher"], bn_before_relu=True)
         return requests
 
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: OFDParams) -> None:
         super().__init__(ctx, params)
-        assert ctx.teacher_info is not None
         self.connectors = nn.ModuleList(
-            conv_bn_connector(ctx.student_info.stages[p].channels,
-                              ctx.teacher_info.stages[p].channels)
+            conv_bn_connector(ctx.infos["student"].stages[p].channels,
+                              ctx.infos["teacher"].stages[p].channels)
             for p in self.requests["student"].positions)
 
     def teacher_margin(self, teacher_map: Tensor, position: int, step: Step) -> Tensor:
         if self.params.margin == "batch":
             return KF.ofd_margin_from_batch(teacher_map)
-        assert step.teacher is not None
         # The teacher is frozen, so this is constant; recomputing it (C values) costs nothing
         # and needs no state to save or resume.
-        bn = teacher_bn_before(step.teacher, position)
+        bn = teacher_bn_before(step.networks["teacher"], position)
         return KF.ofd_margin_from_bn(bn.weight.detach(), bn.bias.detach()).to(teacher_map.dtype)
 
-    def forward(self, student: Features | None, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert student is not None and teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         losses = []
         positions = self.requests["teacher"].positions
-        pairs = self.stage_pairs(student, teacher)
+        pairs = self.stage_pairs(features)
         for connector, position, (s, t) in zip(self.connectors, positions, pairs):
             s, t = KF.match_spatial_size(s, t)  # other resolutions: pool the larger map
             teacher_map = t.detach()

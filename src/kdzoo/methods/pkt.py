@@ -1,6 +1,7 @@
 """Probabilistic knowledge transfer (PKT): match the batch's cosine-similarity distributions."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -18,8 +19,16 @@ REPDISTILLER_DEFAULTS: dict[str, Any] = {"weight": 30000.0}
 REPDISTILLER_EPS = 1e-7
 
 
+@dataclass(frozen=True)
+class PKTParams(MethodParams):
+    weight: float = 10000.0
+    variant: Literal["reference", "repdistiller"] = "reference"
+    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "repdistiller": REPDISTILLER_DEFAULTS}
+
+
 @register_method("pkt")
-class ProbabilisticKnowledgeTransfer(Method):
+class ProbabilisticKnowledgeTransfer(Method[PKTParams]):
     """Probabilistic knowledge transfer: "Learning Deep Representations with Probabilistic
     Knowledge Transfer", Passalis & Tefas, ECCV 2018.
 
@@ -42,19 +51,10 @@ class ProbabilisticKnowledgeTransfer(Method):
     url = "https://arxiv.org/abs/1803.10837"
     needs = FeatureRequest(pool=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 10000.0
-        variant: Literal["reference", "repdistiller"] = "reference"
-        variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-            "repdistiller": REPDISTILLER_DEFAULTS}
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        student, teacher = features["student"].pool, features["teacher"].pool
         if self.params.variant == "repdistiller":
-            loss = KF.probabilistic_knowledge_transfer(student.pool, teacher.pool,
-                                                       eps=REPDISTILLER_EPS)
+            loss = KF.probabilistic_knowledge_transfer(student, teacher, eps=REPDISTILLER_EPS)
             return {"pkt": self.params.weight * loss}
-        loss = KF.probabilistic_knowledge_transfer(student.pool, teacher.pool)
+        loss = KF.probabilistic_knowledge_transfer(student, teacher)
         return {"pkt": self.params.weight * loss}

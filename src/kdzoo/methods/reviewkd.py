@@ -2,6 +2,7 @@
 pooled feature with the hierarchical context loss."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -70,8 +71,28 @@ def warmup_factor(epoch: int, warmup_epochs: int) -> float:
     return 1.0 if warmup_epochs == 0 else min(epoch / warmup_epochs, 1.0)
 
 
+@dataclass(frozen=True)
+class ReviewKDParams(MethodParams):
+    weight: float = 1.0
+    warmup_epochs: int = 20
+    ce_weight: float = 1.0
+    max_mid_channel: int = 512
+    student_preact: bool = False
+
+    def check(self, method: str) -> None:
+        positive(method, max_mid_channel=self.max_mid_channel)
+        if self.weight < 0:
+            raise ConfigError(f"method {method}: weight must be 0 or more, got {self.weight}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"method {method}: warmup_epochs must be 0 (no warm-up) or "
+                              f"more, got {self.warmup_epochs}")
+        if self.ce_weight < 0:
+            raise ConfigError(f"method {method}: ce_weight must be 0 or more, got "
+                              f"{self.ce_weight}")
+
+
 @register_method("reviewkd")
-class ReviewKD(Method):
+class ReviewKD(Method[ReviewKDParams]):
     """Knowledge review: "Distilling Knowledge via Knowledge Review", Chen, Liu, Zhao & Jia,
     CVPR 2021. Reference: megvii-research/mdistiller ``mdistiller/distillers/ReviewKD.py`` with
     its defaults in ``mdistiller/engine/cfg.py`` (https://github.com/megvii-research/mdistiller),
@@ -110,39 +131,19 @@ class ReviewKD(Method):
     needs = FeatureRequest(stages="all", pool=True)
     teacher_needs = FeatureRequest(stages="all", preact=True, pool=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 1.0
-        warmup_epochs: int = 20
-        ce_weight: float = 1.0
-        max_mid_channel: int = 512
-        student_preact: bool = False
-
-        def check(self, method: str) -> None:
-            positive(method, max_mid_channel=self.max_mid_channel)
-            if self.weight < 0:
-                raise ConfigError(f"method {method}: weight must be 0 or more, got {self.weight}")
-            if self.warmup_epochs < 0:
-                raise ConfigError(f"method {method}: warmup_epochs must be 0 (no warm-up) or "
-                                  f"more, got {self.warmup_epochs}")
-            if self.ce_weight < 0:
-                raise ConfigError(f"method {method}: ce_weight must be 0 or more, got "
-                                  f"{self.ce_weight}")
-
     @classmethod
-    def feature_requests(cls, params: MethodParams,
-                         infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+    def feature_requests(cls, params: ReviewKDParams,
+                         infos: Mapping[str, FeatureInfo]) -> dict[str, FeatureRequest]:
         requests = super().feature_requests(params, infos)
-        if params.student_preact:  # type: ignore[attr-defined]
+        if params.student_preact:
             requests["student"] = replace(requests["student"], preact=True)
         return requests
 
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: ReviewKDParams) -> None:
         super().__init__(ctx, params)
-        assert ctx.teacher_info is not None, "reviewkd needs a teacher"
         positions = self.requests["student"].positions
         in_channels, out_channels, mid = abf_channels(
-            ctx.student_info, ctx.teacher_info, positions, self.params.max_mid_channel)
+            ctx.infos["student"], ctx.infos["teacher"], positions, self.params.max_mid_channel)
         last = len(in_channels) - 1
         # Built shallowest first and kept deepest first, as the reference's ``abfs[::-1]``.
         modules = [AttentionBasedFusion(c_in, mid, c_out, index < last)
@@ -161,10 +162,9 @@ class ReviewKD(Method):
             outputs.insert(0, out)
         return outputs
 
-    def forward(self, student: Features | None, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert student is not None and teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         mine, theirs = self.requests["student"], self.requests["teacher"]
+        student, teacher = features["student"], features["teacher"]
         assert student.pool is not None and teacher.pool is not None
         student_levels = [*student.maps(mine.positions, mine.preact),
                           student.pool[:, :, None, None]]

@@ -1,6 +1,7 @@
 """Relational knowledge distillation (RKD): match the batch's distances and angles."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from torch import Tensor
 
@@ -10,8 +11,15 @@ from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class RKDParams(MethodParams):
+    weight: float = 1.0
+    w_dist: float = 25.0
+    w_angle: float = 50.0
+
+
 @register_method("rkd")
-class RelationalKD(Method):
+class RelationalKD(Method[RKDParams]):
     """Relational knowledge distillation: "Relational Knowledge Distillation", Park, Kim, Lu &
     Cho, CVPR 2019.
 
@@ -28,16 +36,9 @@ class RelationalKD(Method):
     url = "https://arxiv.org/abs/1904.05068"
     needs = FeatureRequest(pool=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 1.0
-        w_dist: float = 25.0
-        w_angle: float = 50.0
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None and student.pool is not None and teacher.pool is not None
-        s, t, p = student.pool, teacher.pool, self.params
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s, t, p = features["student"].pool, features["teacher"].pool, self.params
+        assert s is not None and t is not None
         terms: dict[str, Tensor] = {}
         if p.w_dist:
             terms["rkd_distance"] = p.weight * p.w_dist * KF.rkd_distance(s, t)

@@ -1,21 +1,40 @@
 """Refined logit distillation (RLD): sample confidence and masked correlation distillation."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..functional.logit_kd import refined_logit_distillation
 from ..models.features import Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step, positive
-from .dkd import check_warmup, warmup_factor
-from .kd import non_negative
+from ._logit import LogitMethod, LogitParams
+from ._warmup import check_warmup, warmup_factor
+from .base import Step, non_negative, positive
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class RLDParams(LogitParams):
+    ce_weight: float = 1.0
+    alpha: float = 1.0   # SCD weight
+    beta: float = 8.0    # MCD weight
+    temperature: float = 4.0
+    same_t: bool = True  # SCD's temperature is `temperature` (--same-t)
+    alpha_temperature: float = 1.0  # SCD's temperature when same_t is false (ALPHA_T)
+    warmup: int = 20
+    standardize: bool = False  # logit standardization (LS, CVPR 2024)
+    ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
+
+    def check(self, method: str) -> None:
+        positive(method, temperature=self.temperature,
+                 alpha_temperature=self.alpha_temperature)
+        non_negative(method, ce_weight=self.ce_weight, alpha=self.alpha, beta=self.beta)
+        check_warmup(method, self.warmup)
+
+
 @register_method("rld")
-class RefinedLogitDistillation(LogitMethod):
+class RefinedLogitDistillation(LogitMethod[RLDParams]):
     """Refined logit distillation: "Knowledge Distillation with Refined Logits", Sun, Chen, Lyu,
     Chen, Chen & Wang, ICCV 2025 (arXiv:2408.07703).
 
@@ -42,28 +61,8 @@ class RefinedLogitDistillation(LogitMethod):
     paper = "Knowledge Distillation with Refined Logits, Sun et al., ICCV 2025"
     url = "https://github.com/zju-SWJ/RLD"
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 1.0
-        alpha: float = 1.0   # SCD weight
-        beta: float = 8.0    # MCD weight
-        temperature: float = 4.0
-        same_t: bool = True  # SCD's temperature is `temperature` (--same-t)
-        alpha_temperature: float = 1.0  # SCD's temperature when same_t is false (ALPHA_T)
-        warmup: int = 20
-        standardize: bool = False  # logit standardization (LS, CVPR 2024)
-        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
-
-        def check(self, method: str) -> None:
-            positive(method, temperature=self.temperature,
-                     alpha_temperature=self.alpha_temperature)
-            non_negative(method, ce_weight=self.ce_weight, alpha=self.alpha, beta=self.beta)
-            check_warmup(method, self.warmup)
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = self.logit_pair(student.logits, teacher.logits)
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s, t = self.logit_pair(features["student"].logits, features["teacher"].logits)
         temperature = self.temperature(step)
         scd_temperature = temperature if self.params.same_t else self.params.alpha_temperature
         loss = refined_logit_distillation(s, t, step.batch.labels, self.params.alpha,

@@ -1,6 +1,7 @@
 """Scale decoupled distillation (SDD): KD/DKD/NKD on the logits of a spatial pyramid of regions."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,10 +10,10 @@ from torch import Tensor
 
 from ..functional.logit_kd import scale_decoupled_kd, spatial_pyramid_pool
 from ..models.features import FeatureRequest, Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step, positive
-from .dkd import check_warmup, warmup_factor
-from .kd import non_negative
+from ._logit import LogitMethod, LogitParams
+from ._networks import classifier_layer
+from ._warmup import check_warmup, warmup_factor
+from .base import Step, non_negative, positive
 from .registry import register_method
 
 #: The pyramids of the reference's ``--M`` option.
@@ -23,8 +24,41 @@ SCALES = {"1": (1,), "1,2": (1, 2), "1,2,4": (1, 2, 4)}
 BASE_DEFAULTS = {"kd": (0.1, 0.9, 0), "dkd": (1.0, 1.0, 20), "nkd": (1.0, 1.0, 20)}
 
 
+@dataclass(frozen=True)
+class SDDParams(LogitParams):
+    base: Literal["kd", "dkd", "nkd"] = "dkd"
+    scales: Literal["1", "1,2", "1,2,4"] = "1,2,4"
+    ce_weight: float | None = None  # None: the base's (kd 0.1, else 1)
+    weight: float | None = None     # None: the base's (kd 0.9, else 1)
+    temperature: float = 4.0
+    alpha: float = 1.0   # DKD's TCKD weight
+    beta: float = 8.0    # DKD's NCKD weight; NKD's gamma
+    warmup: int | None = None       # None: the base's (kd 0: none, else 20 epochs)
+    standardize: bool = False  # logit standardization (LS, CVPR 2024)
+    ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
+
+    def check(self, method: str) -> None:
+        ce_weight, weight, warmup = self.resolved()
+        positive(method, temperature=self.temperature)
+        non_negative(method, alpha=self.alpha, beta=self.beta)
+        non_negative(method, ce_weight=ce_weight, weight=weight)
+        check_warmup(method, warmup)
+
+    def __post_init__(self) -> None:
+        # None: the base's reference value, resolved here so the run records it
+        for key, value in zip(("ce_weight", "weight", "warmup"), self.resolved(), strict=True):
+            object.__setattr__(self, key, value)
+
+    def resolved(self) -> tuple[float, float, int]:
+        """(ce_weight, weight, warmup), the base's reference value for any left None."""
+        ce_weight, weight, warmup = BASE_DEFAULTS.get(self.base, BASE_DEFAULTS["dkd"])
+        return (ce_weight if self.ce_weight is None else self.ce_weight,
+                weight if self.weight is None else self.weight,
+                warmup if self.warmup is None else self.warmup)
+
+
 @register_method("sdd")
-class ScaleDecoupledDistillation(LogitMethod):
+class ScaleDecoupledDistillation(LogitMethod[SDDParams]):
     """Scale decoupled distillation: "Scale Decoupled Distillation", Wei, Luo & Luo, CVPR 2024.
 
     Reference: shicaiwei123/SDD-CVPR2024 (https://github.com/shicaiwei123/SDD-CVPR2024):
@@ -65,52 +99,24 @@ class ScaleDecoupledDistillation(LogitMethod):
     url = "https://github.com/shicaiwei123/SDD-CVPR2024"
     needs = FeatureRequest(pre_pool=True)
 
-    @dataclass
-    class Params(MethodParams):
-        base: Literal["kd", "dkd", "nkd"] = "dkd"
-        scales: Literal["1", "1,2", "1,2,4"] = "1,2,4"
-        ce_weight: float | None = None  # None: the base's (kd 0.1, else 1)
-        weight: float | None = None     # None: the base's (kd 0.9, else 1)
-        temperature: float = 4.0
-        alpha: float = 1.0   # DKD's TCKD weight
-        beta: float = 8.0    # DKD's NCKD weight; NKD's gamma
-        warmup: int | None = None       # None: the base's (kd 0: none, else 20 epochs)
-        standardize: bool = False  # logit standardization (LS, CVPR 2024)
-        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
-
-        def check(self, method: str) -> None:
-            positive(method, temperature=self.temperature)
-            non_negative(method, alpha=self.alpha, beta=self.beta)
-            non_negative(method, ce_weight=self.ce_weight, weight=self.weight)  # type: ignore
-            check_warmup(method, self.warmup)  # type: ignore[arg-type]
-
-        def __post_init__(self) -> None:
-            # None: the base's reference value, resolved here so the run records it
-            ce_weight, weight, warmup = BASE_DEFAULTS.get(self.base, BASE_DEFAULTS["dkd"])
-            self.ce_weight = ce_weight if self.ce_weight is None else self.ce_weight
-            self.weight = weight if self.weight is None else self.weight
-            self.warmup = warmup if self.warmup is None else self.warmup
-
-    def region_logits(self, student: Features, teacher: Features,
+    def region_logits(self, features: Mapping[str, Features],
                       step: Step) -> tuple[Tensor, Tensor]:
         """The (B, N, K) logits of every pyramid region, student's with gradient, teacher's
         without."""
-        assert step.student is not None and step.teacher is not None
-        assert student.pre_pool is not None, "the student's pre-pool map was not requested"
-        assert teacher.pre_pool is not None, (
+        s_map, t_map = features["student"].pre_pool, features["teacher"].pre_pool
+        assert s_map is not None, "the student's pre-pool map was not requested"
+        assert t_map is not None, (
             "the teacher's pre-pool map is missing (a teacher run in chunks must keep it)")
-        scales = SCALES[self.params.scales]  # type: ignore[attr-defined]
-        s = step.student.classifier_layer()(spatial_pyramid_pool(student.pre_pool, scales))
+        scales = SCALES[self.params.scales]
+        s = classifier_layer(step.networks["student"])(spatial_pyramid_pool(s_map, scales))
         with torch.no_grad():
-            t = step.teacher.classifier_layer()(spatial_pyramid_pool(teacher.pre_pool, scales))
+            t = classifier_layer(step.networks["teacher"])(spatial_pyramid_pool(t_map, scales))
         return s, t
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         p = self.params
-        s, t = self.logit_pair(*self.region_logits(student, teacher, step))
-        loss = scale_decoupled_kd(s, t, step.batch.labels, p.base,  # type: ignore[attr-defined]
-                                  self.temperature(step), p.alpha, p.beta)  # type: ignore
-        factor = p.weight * warmup_factor(step.epoch, p.warmup)  # type: ignore[attr-defined]
-        return {"sdd": factor * loss}
+        s, t = self.logit_pair(*self.region_logits(features, step))
+        loss = scale_decoupled_kd(s, t, step.batch.labels, p.base, self.temperature(step),
+                                  p.alpha, p.beta)
+        _, weight, warmup = p.resolved()
+        return {"sdd": weight * warmup_factor(step.epoch, warmup) * loss}

@@ -2,6 +2,7 @@
 classifier; the deployed student is student + projector + the teacher's classifier."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, ConfigError, KdzooError
 from ..models.checkpoint import KDZOO_FORMAT, read_checkpoint_file
 from ..models.features import FeatureInfo, FeatureNet, FeatureRequest, Features, RawFeatures
+from ._networks import classifier_layer
 from .base import Method, MethodContext, MethodParams, Step
 from .registry import register_method
 
@@ -126,8 +128,23 @@ class SimKDStudent(FeatureNet):
         return {**raw, "pre_pool": projected, "pool": pool, "logits": self.classifier(pool)}
 
 
+@dataclass(frozen=True)
+class SimKDParams(MethodParams):
+    factor: int = 2
+    weight: float = 1.0
+    ce_weight: float = 0.0
+
+    def check(self, method: str) -> None:
+        if self.factor < 1:
+            raise ConfigError(f"method {method}: factor must be at least 1, got "
+                              f"{self.factor}")
+        if self.weight < 0 or self.ce_weight < 0:
+            raise ConfigError(f"method {method}: weight and ce_weight must be 0 or more, got "
+                              f"{self.weight} and {self.ce_weight}")
+
+
 @register_method("simkd")
-class SimKD(Method):
+class SimKD(Method[SimKDParams]):
     """SimKD: "Knowledge Distillation with the Reused Teacher Classifier", Chen, Mei, Zhang, Wang,
     Feng & Chen, CVPR 2022. Reference: DefangChen/SimKD (https://github.com/DefangChen/SimKD),
     ``models/util.py`` (``SimKD``), ``helper/loops.py`` (``train_distill``,
@@ -149,10 +166,11 @@ class SimKD(Method):
     exports and counts) is :class:`SimKDStudent`: the student, the projector and the teacher's
     classifier (frozen) on the pooled projected feature, as the reference's ``validate_distill``;
     its parameter count includes the projector and the classifier. The teacher's classifier is
-    taken from the teacher at the first training step, so the deployed student exists once a step
-    has run. Where the reference runs the teacher at evaluation only to read its map's size, the
-    deployed student uses the size seen in training (buffer ``teacher_size``, initialised from the
-    metadata). Load an export with :func:`load_simkd_student`.
+    taken from the teacher's network when the method is built (``MethodContext.networks``), or
+    else at the first training step (``Step.networks``), so the deployed student exists once a
+    step has run. Where the reference runs the teacher at evaluation only to read its map's size,
+    the deployed student uses the size seen in training (buffer ``teacher_size``, initialised from
+    the metadata). Load an export with :func:`load_simkd_student`.
 
     Deliberate difference: for a teacher whose classifier pools a head's output rather than its
     last stage (WRN: the head's BatchNorm-ReLU; ShuffleV2, MobileNetV2: a 1x1 convolution), the
@@ -170,30 +188,16 @@ class SimKD(Method):
 
     teacher_size: Tensor
 
-    @dataclass
-    class Params(MethodParams):
-        factor: int = 2
-        weight: float = 1.0
-        ce_weight: float = 0.0
-
-        def check(self, method: str) -> None:
-            if self.factor < 1:
-                raise ConfigError(f"method {method}: factor must be at least 1, got "
-                                  f"{self.factor}")
-            if self.weight < 0 or self.ce_weight < 0:
-                raise ConfigError(f"method {method}: weight and ce_weight must be 0 or more, got "
-                                  f"{self.weight} and {self.ce_weight}")
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: SimKDParams) -> None:
         super().__init__(ctx, params)
-        teacher = ctx.teacher_info
-        assert teacher is not None and teacher.pre_pool is not None
+        teacher = ctx.infos["teacher"]
+        assert teacher.pre_pool is not None
         width = teacher.pre_pool
         mid = width // self.params.factor
         if mid < 1:
             raise ConfigError(f"method simkd: factor {self.params.factor} leaves no bottleneck "
                               f"channel for a teacher of {width} channels; use a smaller factor")
-        self.projector = SimKDProjector(ctx.student_info.stages[-1].channels, mid, width)
+        self.projector = SimKDProjector(ctx.infos["student"].stages[-1].channels, mid, width)
         side = -(-ctx.image_size // teacher.stages[-1].reduction)
         self.register_buffer("teacher_size", torch.tensor([side, side], dtype=torch.long))
         self._seen_size: tuple[int, int] | None = None
@@ -201,14 +205,13 @@ class SimKD(Method):
         # not this method's state) and only joins the deployed student.
         self._teacher_head: tuple[nn.Linear, ...] = ()
         if "teacher" in ctx.networks:
-            self._teacher_head = (linear_head(ctx.networks["teacher"].classifier_layer()),)
+            self._teacher_head = (linear_head(classifier_layer(ctx.networks["teacher"])),)
 
-    def forward(self, student: Features | None, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert student is not None and teacher is not None and teacher.pre_pool is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        student, teacher = features["student"], features["teacher"]
+        assert teacher.pre_pool is not None
         if not self._teacher_head:
-            assert step.teacher is not None
-            self._teacher_head = (linear_head(step.teacher.classifier_layer()),)  # type: ignore
+            self._teacher_head = (linear_head(classifier_layer(step.networks["teacher"])),)
         target_size = (teacher.pre_pool.shape[2], teacher.pre_pool.shape[3])
         if target_size != self._seen_size:
             self.teacher_size.copy_(torch.tensor(target_size))

@@ -1,6 +1,7 @@
 """Sobolev training / Jacobian matching: match the input gradients of the true-class logit."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -12,8 +13,13 @@ from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class SobolevParams(MethodParams):
+    weight: float = 20.0
+
+
 @register_method("sobolev")
-class Sobolev(Method):
+class Sobolev(Method[SobolevParams]):
     """Sobolev training: "Sobolev Training for Neural Networks", Czarnecki, Osindero, Jaderberg,
     Swirszcz & Pascanu, NIPS 2017 (with "Knowledge Transfer with Jacobian Matching", Srinivas &
     Fleuret, ICML 2018, for the normalised form).
@@ -31,15 +37,11 @@ class Sobolev(Method):
     url = "https://arxiv.org/abs/1706.04859"
     needs_input_grad = True
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 20.0
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         images, labels = step.batch.images, step.batch.labels
-        student_grad = true_class_grad(student.logits, labels, images, create_graph=True)
-        teacher_grad = true_class_grad(teacher.logits, labels, images, create_graph=False)
+        student_grad = true_class_grad(features["student"].logits, labels, images,
+                                       create_graph=True)
+        teacher_grad = true_class_grad(features["teacher"].logits, labels, images,
+                                       create_graph=False)
         loss = KF.sobolev_matching(student_grad, teacher_grad.detach())
         return {"sobolev": self.params.weight * loss}

@@ -1,6 +1,7 @@
 """Similarity-preserving distillation (SP): match the batch's pairwise similarity structure."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,8 +13,14 @@ from .base import Method, MethodParams, Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class SPParams(MethodParams):
+    weight: float = 3000.0
+    variant: Literal["reference", "repdistiller"] = "reference"
+
+
 @register_method("sp")
-class SimilarityPreserving(Method):
+class SimilarityPreserving(Method[SPParams]):
     """Similarity-preserving knowledge distillation: "Similarity-Preserving Knowledge
     Distillation", Tung & Mori, ICCV 2019.
 
@@ -39,22 +46,15 @@ class SimilarityPreserving(Method):
     url = "https://arxiv.org/abs/1907.09682"
     needs = FeatureRequest.last(3)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 3000.0
-        variant: Literal["reference", "repdistiller"] = "reference"
-
     @classmethod
-    def feature_requests(cls, params: MethodParams,
-                         infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
-        if params.variant != "repdistiller":  # type: ignore[attr-defined]
+    def feature_requests(cls, params: SPParams,
+                         infos: Mapping[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+        if params.variant != "repdistiller":
             return super().feature_requests(params, infos)
         return {role.name: FeatureRequest.last(1) for role in cls.roles}
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        losses = [KF.similarity_preserving(s, t) for s, t in self.stage_pairs(student, teacher)]
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        losses = [KF.similarity_preserving(s, t) for s, t in self.stage_pairs(features)]
         if self.params.variant == "repdistiller":  # its one stage's loss, not a mean
             return {"sp": sum(losses) * self.params.weight}
         return {"sp": sum(losses) / len(losses) * self.params.weight}

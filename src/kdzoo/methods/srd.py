@@ -3,6 +3,7 @@ teacher's classifier."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.features import FeatureRequest, Features
+from ._networks import classifier_layer
 from .base import Method, MethodContext, MethodParams, Step
 from .registry import register_method
 
@@ -39,8 +41,21 @@ def pooled_feature_mse(student_map: Tensor, teacher_map: Tensor) -> Tensor:
     return F.mse_loss(student_map.mean(dim=(2, 3)), teacher_map.mean(dim=(2, 3)))
 
 
+@dataclass(frozen=True)
+class SRDParams(MethodParams):
+    weight: float = 1.0
+    feature_weight: float = 1.0
+    ce_weight: float = 1.0
+
+    def check(self, method: str) -> None:
+        for key in ("weight", "feature_weight", "ce_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"method {method}: {key} must be 0 or more, got "
+                                  f"{getattr(self, key)}")
+
+
 @register_method("srd")
-class SoftmaxRegressionDistillation(Method):
+class SoftmaxRegressionDistillation(Method[SRDParams]):
     """Softmax regression representation learning (SRD): "Knowledge Distillation via Softmax
     Regression Representation Learning", Yang, Martinez, Bulat & Tzimiropoulos, ICLR 2021, as
     implemented in its open-set semi-supervised extension "Knowledge Distillation Meets Open-Set
@@ -80,30 +95,17 @@ class SoftmaxRegressionDistillation(Method):
     url = "https://github.com/jingyang2017/SRD_ossl"
     needs = FeatureRequest(pre_pool=True)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 1.0
-        feature_weight: float = 1.0
-        ce_weight: float = 1.0
-
-        def check(self, method: str) -> None:
-            for key in ("weight", "feature_weight", "ce_weight"):
-                if getattr(self, key) < 0:
-                    raise ConfigError(f"method {method}: {key} must be 0 or more, got "
-                                      f"{getattr(self, key)}")
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: SRDParams) -> None:
         super().__init__(ctx, params)
-        assert ctx.teacher_info is not None and ctx.teacher_info.pre_pool is not None
-        assert ctx.student_info.pre_pool is not None
-        self.connector = TransferConv(ctx.student_info.pre_pool, ctx.teacher_info.pre_pool)
+        student, teacher = ctx.infos["student"].pre_pool, ctx.infos["teacher"].pre_pool
+        assert student is not None and teacher is not None
+        self.connector = TransferConv(student, teacher)
 
-    def forward(self, student: Features | None, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert student is not None and teacher is not None and step.teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        student, teacher = features["student"], features["teacher"]
         assert student.pre_pool is not None and teacher.pre_pool is not None
         regressed = self.connector(student.pre_pool)
-        classifier = step.teacher.classifier_layer()  # type: ignore[operator]
+        classifier = classifier_layer(step.networks["teacher"])
         logits = classifier(regressed.mean(dim=(2, 3)))
         p = self.params
         return {"srd_feature": p.weight * p.feature_weight *

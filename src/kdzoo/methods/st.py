@@ -1,18 +1,27 @@
 """Soft targets: Hinton et al.'s knowledge distillation."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from torch import Tensor
 
 from .. import functional as KF
 from ..models.features import Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step
+from ._logit import LogitMethod, LogitParams
+from .base import Step
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class STParams(LogitParams):
+    weight: float = 0.1
+    temperature: float = 4.0
+    standardize: bool = False  # logit standardization (LS, CVPR 2024)
+    ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
+
+
 @register_method("st")
-class SoftTarget(LogitMethod):
+class SoftTarget(LogitMethod[STParams]):
     """Soft targets: "Distilling the Knowledge in a Neural Network", Hinton, Vinyals & Dean, NIPS DL
     Workshop 2014.
 
@@ -25,16 +34,7 @@ class SoftTarget(LogitMethod):
     paper = "Distilling the Knowledge in a Neural Network, Hinton et al., NIPS-W 2014"
     url = "https://arxiv.org/abs/1503.02531"
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 0.1
-        temperature: float = 4.0
-        standardize: bool = False  # logit standardization (LS, CVPR 2024)
-        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = self.logit_pair(student.logits, teacher.logits)
-        loss = KF.soft_target(s, t, self.temperature(step))  # type: ignore[arg-type]
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s, t = self.logit_pair(features["student"].logits, features["teacher"].logits)
+        loss = KF.soft_target(s, t, self.temperature(step))
         return {"st": self.params.weight * loss}

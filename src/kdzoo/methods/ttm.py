@@ -1,21 +1,30 @@
 """TTM: matching the student's plain softmax to a power-transformed teacher."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 from torch import Tensor
 
 from ..functional.multilevel import transformed_teacher_matching
-from ..models.features import Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step, positive
+from ._transformed import MatchingParams, TransformedMatching
+from .base import positive
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class TTMParams(MatchingParams):
+    ce_weight: float = 1.0   # -r
+    weight: float = 45.0     # -b
+    exponent: float = 0.1    # --ttm_l (gamma in the paper)
+    standardize: bool = False
+    ctkd: bool = False
+
+    def check(self, method: str) -> None:
+        positive(method, exponent=self.exponent)
+
+
 @register_method("ttm")
-class TransformedTeacherMatching(LogitMethod):
+class TransformedTeacherMatching(TransformedMatching[TTMParams]):
     """Transformed teacher matching: "Knowledge Distillation Based on Transformed Teacher
     Matching", Zheng & Yang, ICLR 2024; reference github.com/zkxufo/TTM
     (``distiller_zoo/ttm.py``, ``helper/loops.py``, ``train_student.py``, README).
@@ -34,31 +43,7 @@ class TransformedTeacherMatching(LogitMethod):
 
     paper = "Knowledge Distillation Based on Transformed Teacher Matching, Zheng & Yang, ICLR 2024"
     url = "https://github.com/zkxufo/TTM"
-    #: the pure loss and the name of the term it gives
-    loss_fn: ClassVar[Callable[[Tensor, Tensor, float | Tensor], Tensor]] = \
-        staticmethod(transformed_teacher_matching)  # type: ignore[assignment]
-    term: ClassVar[str] = "ttm"
+    term = "ttm"
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 1.0   # -r
-        weight: float = 45.0     # -b
-        exponent: float = 0.1    # --ttm_l (gamma in the paper)
-        standardize: bool = False
-        ctkd: bool = False
-
-        def check(self, method: str) -> None:
-            positive(method, exponent=self.exponent)
-
-    def exponent(self, step: Step) -> float | Tensor:
-        """l, or 1/T of CTKD's learned temperature when ``ctkd``."""
-        if getattr(self.params, "ctkd", False):
-            return 1.0 / self.temperature(step)
-        return self.params.exponent  # type: ignore[attr-defined]
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = self.logit_pair(student.logits, teacher.logits)
-        loss = type(self).loss_fn(s, t, self.exponent(step))
-        return {self.term: self.params.weight * loss}  # type: ignore[attr-defined]
+    def matching_loss(self, student: Tensor, teacher: Tensor, exponent: float | Tensor) -> Tensor:
+        return transformed_teacher_matching(student, teacher, exponent)

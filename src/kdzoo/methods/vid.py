@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -47,8 +47,21 @@ class VariationalRegressor(nn.Module):
         return KF.variational_information_loss(self.regressor(student), teacher, self.variance())
 
 
+@dataclass(frozen=True)
+class VIDParams(MethodParams):
+    weight: float = 1.0
+    init_var: float = 5.0
+    hidden_factor: float = 1.0
+
+    def check(self, method: str) -> None:
+        if not self.init_var > VARIANCE_EPS:
+            raise ConfigError(f"method vid: init_var must be larger than {VARIANCE_EPS}, "
+                              f"got {self.init_var}")
+        positive(method, hidden_factor=self.hidden_factor)
+
+
 @register_method("vid")
-class VariationalInformationDistillation(Method):
+class VariationalInformationDistillation(Method[VIDParams]):
     """Variational information distillation: "Variational Information Distillation for Knowledge
     Transfer", Ahn, Hu, Damianou, Lawrence & Dai, CVPR 2019.
 
@@ -72,38 +85,23 @@ class VariationalInformationDistillation(Method):
     url = "https://arxiv.org/abs/1904.05835"
     needs = FeatureRequest.last(3)
 
-    @dataclass
-    class Params(MethodParams):
-        weight: float = 1.0
-        init_var: float = 5.0
-        hidden_factor: float = 1.0
-
-        def check(self, method: str) -> None:
-            if not self.init_var > VARIANCE_EPS:
-                raise ConfigError(f"method vid: init_var must be larger than {VARIANCE_EPS}, "
-                                  f"got {self.init_var}")
-            positive(method, hidden_factor=self.hidden_factor)
-
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: VIDParams) -> None:
         super().__init__(ctx, params)
-        assert ctx.teacher_info is not None
         p = self.params
         regressors = []
         for position in self.requests["student"].positions:
-            teacher_ch = ctx.teacher_info.stages[position].channels
+            teacher_ch = ctx.infos["teacher"].stages[position].channels
             mid_ch = int(p.hidden_factor * teacher_ch)
             if mid_ch < 1:
                 raise ConfigError(f"method vid: hidden_factor={p.hidden_factor} leaves no hidden "
                                   f"channel for a teacher stage of {teacher_ch} channels; use a "
                                   "larger value")
-            regressors.append(VariationalRegressor(ctx.student_info.stages[position].channels,
+            regressors.append(VariationalRegressor(ctx.infos["student"].stages[position].channels,
                                                    mid_ch, teacher_ch, p.init_var))
         self.regressors = nn.ModuleList(regressors)
 
-    def forward(self, student: Features | None, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert student is not None and teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         # Maps of other resolutions: the larger is pooled to the smaller, as RepDistiller's VID.
         losses = [regressor(*KF.match_spatial_size(s, t)) for regressor, (s, t) in
-                  zip(self.regressors, self.stage_pairs(student, teacher))]
+                  zip(self.regressors, self.stage_pairs(features))]
         return {"vid": self.params.weight * sum(losses) / len(losses)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,9 +14,9 @@ from ..errors import ConfigError
 from ..functional import wasserstein as KW
 from ..models.checkpoint import read_checkpoint_file
 from ..models.features import FeatureInfo, FeatureRequest, Features
+from ._feature_maps import ConvRegressor, stage_shape
+from ._networks import classifier_weight
 from .base import Method, MethodContext, MethodParams, Step, positive
-from .catkd import classifier_weight
-from .fitnet import ConvRegressor, stage_shape
 from .registry import register_method
 
 #: The hidden width of the reference's ``ConvRegBottleNeck`` projector.
@@ -48,8 +49,46 @@ def cosine_decay(weight: float, epoch: int, epochs: int, start: int) -> float:
     return 0.5 * weight * (1 + math.cos((epoch - start) / (epochs - start) * math.pi))
 
 
+@dataclass(frozen=True)
+class WKDParams(MethodParams):
+    variant: Literal["logit", "feature", "both"] = "logit"
+    ce_weight: float = 1.0
+    logit_weight: float = 800.0
+    feature_weight: float = 0.006
+    cosine_decay_epoch: int = 150
+    # WKD-L
+    temperature: float = 8.0
+    sinkhorn_reg: float = 0.05
+    sinkhorn_iter: int = 10
+    cost: Literal["fc", "file"] = "fc"
+    cost_path: str = ""
+    cost_sharpen: float = 1.0
+    # WKD-F
+    feature_stage: int = -1
+    projector: Literal["conv1x1", "bottleneck"] = "conv1x1"
+    mean_cov_ratio: float = 4.0
+    eps: float = 1e-5
+    spatial_grid: int = 1
+
+    def check(self, method: str) -> None:
+        positive(method, temperature=self.temperature, sinkhorn_reg=self.sinkhorn_reg,
+                 eps=self.eps)
+        if self.sinkhorn_iter < 1 or self.spatial_grid < 1:
+            raise ConfigError(f"method {method}: sinkhorn_iter and spatial_grid must be at "
+                              f"least 1, got {self.sinkhorn_iter} and {self.spatial_grid}")
+        if self.feature_stage >= 0:
+            raise ConfigError(f"method {method}: feature_stage counts stages from the end "
+                              f"(-1 is the last), got {self.feature_stage}")
+        if min(self.ce_weight, self.logit_weight, self.feature_weight) < 0:
+            raise ConfigError(f"method {method}: ce_weight, logit_weight and feature_weight "
+                              "must not be negative")
+        if self.variant != "feature" and self.cost == "file" and not self.cost_path:
+            raise ConfigError(f"method {method}: cost=file needs cost_path, a torch.save'd "
+                              "(classes x classes) cost matrix")
+
+
 @register_method("wkd")
-class WassersteinKD(Method):
+class WassersteinKD(Method[WKDParams]):
     """Wasserstein distance KD: "Wasserstein Distance Rivals Kullback-Leibler Divergence for
     Knowledge Distillation", Lv, Yang & Li, NeurIPS 2024. Authors' code: github.com/JiamingLv/WKD
     (read through its mirror github.com/hainn2803/WKD): ``mdistiller/distillers/WKD.py``,
@@ -68,7 +107,7 @@ class WassersteinKD(Method):
     * WKD-F (:func:`kdzoo.functional.wasserstein.gaussian_wasserstein`): the student's
       post-activation map of stage ``feature_stage`` (-1, the reference's ``HINT_LAYER: -1``)
       goes through a projector (``projector``: "conv1x1", RepDistiller's ``ConvReg`` with
-      BatchNorm and ReLU, :class:`kdzoo.methods.fitnet.ConvRegressor`; or "bottleneck",
+      BatchNorm and ReLU, :class:`kdzoo.methods._feature_maps.ConvRegressor`; or "bottleneck",
       :class:`BottleneckRegressor`), then ``feature_weight`` (0.006) * (``mean_cov_ratio`` (4) *
       mean term + std term) of the per-channel Gaussians (mean, sqrt(var + ``eps``)) of the whole
       map (``spatial_grid`` 1) or of each cell of a grid, against the teacher's map.
@@ -106,43 +145,6 @@ class WassersteinKD(Method):
 
     cost_matrix: Tensor
 
-    @dataclass
-    class Params(MethodParams):
-        variant: Literal["logit", "feature", "both"] = "logit"
-        ce_weight: float = 1.0
-        logit_weight: float = 800.0
-        feature_weight: float = 0.006
-        cosine_decay_epoch: int = 150
-        # WKD-L
-        temperature: float = 8.0
-        sinkhorn_reg: float = 0.05
-        sinkhorn_iter: int = 10
-        cost: Literal["fc", "file"] = "fc"
-        cost_path: str = ""
-        cost_sharpen: float = 1.0
-        # WKD-F
-        feature_stage: int = -1
-        projector: Literal["conv1x1", "bottleneck"] = "conv1x1"
-        mean_cov_ratio: float = 4.0
-        eps: float = 1e-5
-        spatial_grid: int = 1
-
-        def check(self, method: str) -> None:
-            positive(method, temperature=self.temperature, sinkhorn_reg=self.sinkhorn_reg,
-                     eps=self.eps)
-            if self.sinkhorn_iter < 1 or self.spatial_grid < 1:
-                raise ConfigError(f"method {method}: sinkhorn_iter and spatial_grid must be at "
-                                  f"least 1, got {self.sinkhorn_iter} and {self.spatial_grid}")
-            if self.feature_stage >= 0:
-                raise ConfigError(f"method {method}: feature_stage counts stages from the end "
-                                  f"(-1 is the last), got {self.feature_stage}")
-            if min(self.ce_weight, self.logit_weight, self.feature_weight) < 0:
-                raise ConfigError(f"method {method}: ce_weight, logit_weight and feature_weight "
-                                  "must not be negative")
-            if self.variant != "feature" and self.cost == "file" and not self.cost_path:
-                raise ConfigError(f"method {method}: cost=file needs cost_path, a torch.save'd "
-                                  "(classes x classes) cost matrix")
-
     @property
     def uses_logits(self) -> bool:
         return self.params.variant in ("logit", "both")
@@ -152,24 +154,23 @@ class WassersteinKD(Method):
         return self.params.variant in ("feature", "both")
 
     @classmethod
-    def feature_requests(cls, params: MethodParams,
-                         infos: dict[str, FeatureInfo]) -> dict[str, FeatureRequest]:
-        if params.variant == "logit":  # type: ignore[attr-defined]
+    def feature_requests(cls, params: WKDParams,
+                         infos: Mapping[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+        if params.variant == "logit":
             request = FeatureRequest()
         else:
-            request = FeatureRequest(stages=(params.feature_stage,))  # type: ignore[attr-defined]
+            request = FeatureRequest(stages=(params.feature_stage,))
         return {role.name: request for role in cls.roles}
 
-    def __init__(self, ctx: MethodContext, params: MethodParams | None = None) -> None:
+    def __init__(self, ctx: MethodContext, params: WKDParams) -> None:
         super().__init__(ctx, params)
         p = self.params
         if self.uses_logits and p.cost == "file":
             self.register_buffer("cost_matrix", self._load_cost(p.cost_path, ctx.num_classes),
                                  persistent=False)
         if self.uses_features:
-            assert ctx.teacher_info is not None, "wkd needs a teacher"
-            if -p.feature_stage <= min(len(ctx.student_info.stages),
-                                       len(ctx.teacher_info.stages)):
+            if -p.feature_stage <= min(len(ctx.infos["student"].stages),
+                                       len(ctx.infos["teacher"].stages)):
                 self.projector = self._projector(ctx)
 
     def _load_cost(self, path: str, classes: int) -> Tensor:
@@ -184,9 +185,8 @@ class WassersteinKD(Method):
 
     def _projector(self, ctx: MethodContext) -> nn.Module:
         p = self.params
-        assert ctx.teacher_info is not None
-        s_shape = stage_shape(ctx.student_info, p.feature_stage, ctx.image_size)
-        t_shape = stage_shape(ctx.teacher_info, p.feature_stage, ctx.image_size)
+        s_shape = stage_shape(ctx.infos["student"], p.feature_stage, ctx.image_size)
+        t_shape = stage_shape(ctx.infos["teacher"], p.feature_stage, ctx.image_size)
         height, width = t_shape[1], t_shape[2]
         grid = p.spatial_grid
         if min(_cell_sizes(height, grid)) * min(_cell_sizes(width, grid)) < 2:
@@ -206,19 +206,17 @@ class WassersteinKD(Method):
         weights (constant; recomputing it costs a (classes x features) matmul)."""
         if self.params.cost == "file":
             return self.cost_matrix
-        assert step.teacher is not None, "wkd needs the teacher network"
         with torch.no_grad():
-            weight = classifier_weight(step.teacher, self.name).detach()
+            weight = classifier_weight(step.networks["teacher"], self.name).detach()
             return KW.sharpen_cost(KW.cosine_cost(weight), self.params.cost_sharpen)
 
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
         p = self.params
         terms: dict[str, Tensor] = {}
         epochs = step.stage.epochs
         if self.uses_logits:
-            s_logits, t_logits = _at_least_float(student.logits), _at_least_float(teacher.logits)
+            s_logits = _at_least_float(features["student"].logits)
+            t_logits = _at_least_float(features["teacher"].logits)
             target, distance = KW.wkd_logit(
                 s_logits, t_logits, step.batch.labels, self.cost(step).to(s_logits), p.temperature,
                 p.sinkhorn_reg, p.sinkhorn_iter)
@@ -226,7 +224,7 @@ class WassersteinKD(Method):
             terms["wkd_target"] = target
             terms["wkd_logit"] = weight * distance
         if self.uses_features:
-            ((s, t),) = self.stage_pairs(student, teacher)
+            ((s, t),) = self.stage_pairs(features)
             s = _at_least_float(self.projector(s))
             mean_term, std_term = KW.gaussian_wasserstein(s, _at_least_float(t), p.eps,
                                                           p.spatial_grid)

@@ -1,20 +1,33 @@
 """Weighted soft labels (WSLD): KD weighted per sample by the student/teacher CE ratio."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor
 
 from ..functional.logit_kd import weighted_soft_label_kd
 from ..models.features import Features
-from ._logit import LogitMethod
-from .base import MethodParams, Step, positive
-from .kd import non_negative
+from ._logit import LogitMethod, LogitParams
+from .base import Step, non_negative, positive
 from .registry import register_method
 
 
+@dataclass(frozen=True)
+class WSLDParams(LogitParams):
+    ce_weight: float = 1.0
+    temperature: float = 4.0
+    alpha: float = 2.25   # weight of the weighted soft-label term
+    standardize: bool = False  # logit standardization (LS, CVPR 2024)
+    ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
+
+    def check(self, method: str) -> None:
+        positive(method, temperature=self.temperature)
+        non_negative(method, ce_weight=self.ce_weight, alpha=self.alpha)
+
+
 @register_method("wsld")
-class WeightedSoftLabelKD(LogitMethod):
+class WeightedSoftLabelKD(LogitMethod[WSLDParams]):
     """Weighted soft label distillation: "Rethinking Soft Labels for Knowledge Distillation: A
     Bias-Variance Tradeoff Perspective", Zhou, Song, Chen, Zhou, Wang, Yuan & Zhang, ICLR 2021.
 
@@ -34,22 +47,8 @@ class WeightedSoftLabelKD(LogitMethod):
              "Perspective, Zhou et al., ICLR 2021")
     url = "https://github.com/bellymonster/Weighted-Soft-Label-Distillation"
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 1.0
-        temperature: float = 4.0
-        alpha: float = 2.25   # weight of the weighted soft-label term
-        standardize: bool = False  # logit standardization (LS, CVPR 2024)
-        ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
-
-        def check(self, method: str) -> None:
-            positive(method, temperature=self.temperature)
-            non_negative(method, ce_weight=self.ce_weight, alpha=self.alpha)
-
-    def forward(self, student: Features, teacher: Features | None,
-                step: Step) -> dict[str, Tensor]:
-        assert teacher is not None
-        s, t = self.logit_pair(student.logits, teacher.logits)
+    def forward(self, features: Mapping[str, Features], step: Step) -> dict[str, Tensor]:
+        s, t = self.logit_pair(features["student"].logits, features["teacher"].logits)
         loss = weighted_soft_label_kd(s, t, step.batch.labels, self.temperature(step),
                                       self.params.alpha)
         return {"wsld": loss}

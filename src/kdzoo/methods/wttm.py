@@ -1,20 +1,30 @@
 """WTTM: transformed teacher matching weighted per sample by the teacher's smoothness."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
 
 from torch import Tensor
 
 from ..functional.multilevel import weighted_transformed_teacher_matching
-from .base import MethodParams, positive
+from ._transformed import MatchingParams, TransformedMatching
+from .base import positive
 from .registry import register_method
-from .ttm import TransformedTeacherMatching
+
+
+@dataclass(frozen=True)
+class WTTMParams(MatchingParams):
+    ce_weight: float = 1.0   # -r
+    weight: float = 4.0      # -a (the README's WTTM command)
+    exponent: float = 0.2    # --ttm_l
+    standardize: bool = False
+    ctkd: bool = False
+
+    def check(self, method: str) -> None:
+        positive(method, exponent=self.exponent)
 
 
 @register_method("wttm")
-class WeightedTransformedTeacherMatching(TransformedTeacherMatching):
+class WeightedTransformedTeacherMatching(TransformedMatching[WTTMParams]):
     """Weighted transformed teacher matching: "Knowledge Distillation Based on Transformed
     Teacher Matching", Zheng & Yang, ICLR 2024; reference github.com/zkxufo/TTM
     (``distiller_zoo/wttm.py``, ``helper/loops.py``, ``train_student.py``, README).
@@ -34,17 +44,7 @@ class WeightedTransformedTeacherMatching(TransformedTeacherMatching):
 
     paper = "Knowledge Distillation Based on Transformed Teacher Matching, Zheng & Yang, ICLR 2024"
     url = "https://github.com/zkxufo/TTM"
-    loss_fn: ClassVar[Callable[[Tensor, Tensor, float | Tensor], Tensor]] = \
-        staticmethod(weighted_transformed_teacher_matching)  # type: ignore[assignment]
-    term: ClassVar[str] = "wttm"
+    term = "wttm"
 
-    @dataclass
-    class Params(MethodParams):
-        ce_weight: float = 1.0   # -r
-        weight: float = 4.0      # -a (the README's WTTM command)
-        exponent: float = 0.2    # --ttm_l
-        standardize: bool = False
-        ctkd: bool = False
-
-        def check(self, method: str) -> None:
-            positive(method, exponent=self.exponent)
+    def matching_loss(self, student: Tensor, teacher: Tensor, exponent: float | Tensor) -> Tensor:
+        return weighted_transformed_teacher_matching(student, teacher, exponent)
