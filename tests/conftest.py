@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from kdzoo.config import resolve_config
+from kdzoo.spec import resolve_config
 
 
 @pytest.fixture(autouse=True)

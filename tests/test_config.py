@@ -1,6 +1,7 @@
 import pytest
 
-from kdzoo.config import parse_set, resolve_config
+from kdzoo.layers import parse_set
+from kdzoo.spec import resolve_config
 from kdzoo.core import MultiStep, build_schedule
 from kdzoo.errors import ConfigError
 
@@ -30,19 +31,20 @@ def test_fractional_milestones_follow_the_epochs(epochs, milestones):
 def test_layers_override_in_order(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("preset: repdistiller\nseed: 5\nmethod:\n  name: st\n  temperature: 2\n"
-                    "optim:\n  lr: 0.2\n")
+                    "optim:\n  lr: 0.2\nteacher:\n  name: resnet8\n  untrained: true\n")
     config = resolve_config(path, {"optim": {"lr": 0.3}}, ["method.weight=0.5", "seed=7"])
     assert config.optim.epochs == 240  # from the preset named in the file
     assert config.optim.lr == 0.3      # a flag beats the file
     assert config.seed == 7            # --set beats everything
-    assert config.method.params == {"temperature": 2, "weight": 0.5}
+    assert config.method.params.to_dict() == {"weight": 0.5, "temperature": 2.0,
+                                              "standardize": False, "ctkd": False}
 
 
 def test_another_method_drops_the_previous_methods_parameters(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("method:\n  name: st\n  temperature: 2\n")
     config = resolve_config(path, {"method": {"name": "baseline"}})
-    assert config.method.name == "baseline" and config.method.params == {}
+    assert config.method.name == "baseline" and config.method.params.to_dict() == {}
 
 
 def test_unknown_key_and_wrong_type():
@@ -69,6 +71,7 @@ def test_bad_yaml_file(tmp_path):
 
 def test_round_trip_through_yaml(tmp_path):
     config = resolve_config(overrides={"method": {"name": "st", "temperature": 3.0},
+                                       "teacher": {"name": "resnet8", "untrained": True},
                                        "data": {"name": "synthetic", "train_size": 64}})
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())

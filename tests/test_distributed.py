@@ -4,6 +4,7 @@ run folder is written, and the pieces (sharding, cross-rank BatchNorm, the teach
 atomic creation) behave."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -155,17 +156,19 @@ def test_cross_rank_batchnorm_is_batchnorm_in_one_process():
 
 
 def test_what_ddp_cannot_run_is_refused_in_one_line(tmp_path):
-    from kdzoo.config import resolve_config
+    from kdzoo.spec import resolve_config
     from kdzoo.distributed import DistContext
     from kdzoo.engine.build import check_distributed
 
     two = DistContext(rank=0, world=2)
-    config = resolve_config(overrides={"method": {"name": "st"}, "student": {"name": "resnet8"},
+    config = resolve_config(overrides={"method": {"name": "baseline"},
+                                       "student": {"name": "resnet8"},
                                        "data": {"name": "digits"},
                                        "optim": {"batch_size": 15}})
     with pytest.raises(ConfigError, match="batch size 15 does not split over 2 processes"):
         check_distributed(config, two)
-    config.optim.batch_size, config.optim.dot_delta = 16, 0.075
+    optim = dataclasses.replace(config.optim, batch_size=16, dot_delta=0.075, nesterov=False)
+    config = dataclasses.replace(config, optim=optim)
     with pytest.raises(ConfigError, match="DOT"):
         check_distributed(config, two)
 
@@ -173,7 +176,7 @@ def test_what_ddp_cannot_run_is_refused_in_one_line(tmp_path):
 def test_single_stage_methods_use_every_parameter_in_every_step():
     """DDP runs single-stage methods without looking for unused parameters (kdzoo.engine.build
     .wrap_ddp): true only if every trainable parameter gets a gradient in every step."""
-    from kdzoo.config import resolve_config
+    from kdzoo.spec import resolve_config
     from kdzoo.engine.build import build
     from kdzoo.engine.rundir import NullRecorder
     from kdzoo.engine.trainer import Trainer

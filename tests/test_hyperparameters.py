@@ -16,7 +16,7 @@ from kdzoo.methods import method_defaults, resolve_method_params
 
 def test_defaults_are_recorded_everywhere(make_config, tmp_path):
     config = make_config(method={"name": "st", "temperature": 3}, optim={"epochs": 1})
-    assert config.method.params == {"temperature": 3.0}  # what the user typed
+    assert config.method.params.temperature == 3.0  # what the user typed, typed
     result = fit(config)
     expected = {"weight": 0.1, "temperature": 3.0, "standardize": False, "ctkd": False}
     saved = yaml.safe_load((result.path / "config.yaml").read_text())

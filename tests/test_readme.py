@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from kdzoo.cli import main, make_parser
-from kdzoo.config import resolve_config
+from kdzoo.spec import resolve_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -49,7 +49,7 @@ def test_the_grid_example_expands(tmp_path):
     (grid,) = [b for b in blocks("yaml") if "pairs:" in b]
     runs = expand(yaml.safe_load(grid), tmp_path).runs
     crd = [r for r in runs if r.method == "crd"]
-    assert len(crd) == 6 and all(r.config.method.params["weight"] == 0.8 for r in crd)
+    assert len(crd) == 6 and all(r.config.method.params.weight == 0.8 for r in crd)
     assert any(r.published for r in crd)
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from kdzoo.config import resolve_config
+from kdzoo.spec import resolve_config
 from kdzoo.engine import fit
 from kdzoo.methods import METHODS
 from kdzoo.models import model_factory
@@ -13,7 +13,7 @@ from kdzoo.recipes import load_recipes
 
 
 def config(**overrides):
-    base = {"method": {"name": "crd"}, "teacher": {"name": "resnet32x4"},
+    base = {"method": {"name": "crd"}, "teacher": {"name": "resnet32x4", "untrained": True},
             "student": {"name": "ShuffleV2"}, "data": {"name": "cifar100"},
             "preset": "repdistiller"}
     base.update(overrides)
@@ -22,14 +22,14 @@ def config(**overrides):
 
 def test_a_recipe_fills_what_the_user_did_not_set():
     c = config()
-    assert c.optim.lr == 0.01 and c.method.params == {"weight": 0.8}
-    assert c.recipes == ["repdistiller-lr-0.01-mobile-shuffle", "crd-weight-0.8-cifar100"]
+    assert c.optim.lr == 0.01 and c.method.params.weight == 0.8
+    assert c.recipes == ("repdistiller-lr-0.01-mobile-shuffle", "crd-weight-0.8-cifar100")
     user = config(optim={"lr": 0.02}, method={"name": "crd", "weight": 0.5})
-    assert user.optim.lr == 0.02 and user.method.params == {"weight": 0.5}
-    assert user.recipes == []
+    assert user.optim.lr == 0.02 and user.method.params.weight == 0.5
+    assert user.recipes == ()
     assert config(preset="reference").optim.lr == 0.1  # the RepDistiller rule only
     off = config(use_recipes=False)
-    assert off.optim.lr == 0.05 and off.method.params == {} and off.recipes == []
+    assert off.optim.lr == 0.05 and off.method.params.weight == 0.2 and off.recipes == ()
 
 
 def test_the_recipes_are_recorded_in_the_run(tmp_path):
@@ -49,7 +49,7 @@ def test_the_recipes_are_recorded_in_the_run(tmp_path):
         "student": {"name": "resnet8"}, "data": {"name": "cifar100",
                                                  "data_dir": str(tmp_path / "data")},
         "optim": {"epochs": 1, "batch_size": 16}, "out": str(tmp_path / "run")})
-    assert c.recipes == ["crd-weight-0.8-cifar100"]
+    assert c.recipes == ("crd-weight-0.8-cifar100",)
     result = fit(c)
     summary = json.loads((result.path / "summary.json").read_text())
     assert summary["recipes"] == ["crd-weight-0.8-cifar100"]

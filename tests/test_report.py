@@ -150,7 +150,7 @@ def test_runs_select_the_epoch_best_on_validation(zoo):
 
 def test_every_method_and_seed_sees_the_same_split(zoo):
     from kdzoo.engine.build import load_run_data
-    from kdzoo.config import resolve_config
+    from kdzoo.spec import resolve_config
 
     configs = sorted((zoo / "configs").glob("*.yaml"))
     splits = [load_run_data(resolve_config(path)) for path in configs]

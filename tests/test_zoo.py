@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from kdzoo.cli import main
-from kdzoo.config import flatten
+from kdzoo.layers import flatten
 from kdzoo.errors import ConfigError
 from kdzoo.zoo import expand, load_grid_spec, packaged_grids
 
@@ -201,8 +201,8 @@ def test_reference_zoo_grid_has_the_reference_table():
     grid = expand(load_grid_spec("reference-zoo"), "/tmp/unused")
     crd = {(r.teacher, r.student, r.data): r for r in grid if r.method == "crd"}
     assert crd[("resnet110", "resnet20", "cifar100")].published["top1"] == 70.80
-    assert crd[("resnet110", "resnet20", "cifar100")].config.method.params["weight"] == 0.8
-    assert crd[("resnet110", "resnet20", "cifar10")].config.method.params.get("weight") is None
+    assert crd[("resnet110", "resnet20", "cifar100")].config.method.params.weight == 0.8
+    assert crd[("resnet110", "resnet20", "cifar10")].config.method.params.weight == 0.2
     assert {r.method for r in grid} >= {"baseline", "st", "dml", "bss", "afd"}
 
 

@@ -7,17 +7,17 @@ The public API::
     config = kdzoo.resolve_config(overrides={"method": {"name": "st"}, ...})
     result = kdzoo.fit(config)
 """
-__version__ = "0.1.0"
-
-from . import functional  # noqa: E402
-from .config import TrainConfig, config_from_dict, resolve_config  # noqa: E402
-from .data import list_datasets, load_dataset  # noqa: E402
-from .engine import RunResult, evaluate, fit  # noqa: E402
-from .errors import KdzooError  # noqa: E402
-from .methods import (Method, MethodContext, Stage, Step, create_method,  # noqa: E402
-                      list_methods, register_method)
-from .models import (FeatureInfo, FeatureNet, create_model, export_model,  # noqa: E402
-                     list_models, load_weights, register_model)
+from . import functional
+from .config import MethodParams, TrainConfig
+from .data import list_datasets, load_dataset
+from .engine import RunResult, evaluate, fit
+from .errors import KdzooError
+from .methods import (Method, MethodContext, Stage, Step, create_method, list_methods,
+                      register_method)
+from .models import (FeatureInfo, FeatureNet, create_model, export_model, list_models,
+                     load_weights, register_model)
+from .spec import config_from_dict, resolve_config
+from .version import __version__
 
 __all__ = [
     "FeatureInfo",
@@ -25,6 +25,7 @@ __all__ = [
     "KdzooError",
     "Method",
     "MethodContext",
+    "MethodParams",
     "RunResult",
     "Stage",
     "Step",

@@ -52,7 +52,7 @@ def describe_datasets() -> str:
 
 
 def describe_presets() -> str:
-    from .config import list_presets, load_preset
+    from .layers import list_presets, load_preset
 
     rows = []
     for name in list_presets():

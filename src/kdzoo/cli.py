@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .errors import KdzooError
 from .teachers import add_teachers_parser, cmd_teachers
 from .zoo.commands import (add_plot_parser, add_report_parser, add_zoo_parser, cmd_plot,
@@ -68,6 +68,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="initial learning rate")
     p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--threads", type=int,
+                   help="torch's CPU threads for the run (default: torch's own choice)")
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set method.temperature=3 (repeatable)")
     p.add_argument("--deterministic", action="store_true",
@@ -128,6 +130,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         ("preset",): args.preset,
         ("seed",): args.seed,
         ("device",): args.device,
+        ("threads",): getattr(args, "threads", None),
         ("out",): args.out,
         ("trust_checkpoint",): args.trust_checkpoint or None,
         ("deterministic",): args.deterministic or None,
@@ -152,7 +155,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import resolve_config
+    from .spec import resolve_config
     from .distributed import launched_rank
     from .engine import fit
 

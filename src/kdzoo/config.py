@@ -1,61 +1,137 @@
-"""Run configuration: typed dataclasses, safe YAML, ``--set key=value`` overrides.
+"""The run specification: typed, frozen dataclasses, and which of their fields change a result.
 
-A configuration is resolved in layers, each overriding the one before:
-dataclass defaults < preset (``configs/presets/NAME.yaml``) < ``--config FILE.yaml`` < command-line
-flags < ``--set key=value``. Unknown keys and values of the wrong type are errors (with "did you
-mean"), never silently ignored. The ``method`` and ``data`` sections are open: besides ``name``
-they hold the method's hyper-parameters and the dataset's options, checked against the method's
-and dataset's own signatures when the run is built.
+A :class:`TrainConfig` is what :func:`kdzoo.spec.resolve_config` returns: every setting of one run
+at its effective value (defaults, preset, recipes, config file, flags and ``--set`` applied
+once), the method's hyper-parameters as the method's own typed :class:`MethodParams`, frozen.
+Every consumer (building the run, fitting it, the resume check, the grid's run names, the
+report) reads this one object; nobody re-resolves it.
+
+Every field says whether it can change a result (:func:`changes_result`): the learning rate,
+the method's hyper-parameters, the augmentation do; where the data lives, the device, the thread
+count, logging, progress and the speed options that are exact up to float rounding
+(channels_last, BatchNorm folding, chunking, ``--compile``) do not. That one classification
+decides what a resume may change, which settings name a grid's run folder, and which settings
+make two rows of a report.
+
+Values are checked when a section is built (ranges here; names against the registries in
+:mod:`kdzoo.spec`), so an out-of-range spec cannot exist, even through ``dataclasses.replace``.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
 
 from .errors import ConfigError
 from .registry import did_you_mean
 
+#: Field metadata of a setting that cannot change a result (where and how fast a run runs).
+RUNTIME = MappingProxyType({"changes_result": False})
+#: Dataset options that only say how the data is read (imagefolder's decoding workers).
+RUNTIME_DATA_OPTIONS = frozenset({"workers"})
 
-@dataclass
+
+def _positive(section: str, **values: float | int | None) -> None:
+    for key, value in values.items():
+        if value is not None and not value > 0:
+            kind = "a positive integer" if isinstance(value, int) else "positive"
+            raise ConfigError(f"{section}{key} must be {kind}, got {value}")
+
+
+def _non_negative(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if value < 0:
+            raise ConfigError(f"{section}{key} must not be negative, got {value}")
+
+
+_Params = typing.TypeVar("_Params", bound="MethodParams")
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """Base class of a method's hyper-parameters: a frozen dataclass whose fields are the
+    hyper-parameters, typed, with the method's defaults (each method declares its own subclass).
+    ``check`` raises a one-line :class:`ConfigError` for values out of range (types are checked
+    from the annotations by :meth:`build`)."""
+
+    #: Defaults that a ``variant`` hyper-parameter's value brings (RepDistiller's weights when
+    #: ``variant="repdistiller"``), for the hyper-parameters the user leaves unset.
+    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def check(self, method: str) -> None:
+        """Refuse values out of range; called once the types are checked."""
+
+    @classmethod
+    def build(cls: type[_Params], method: str, values: Mapping[str, Any]) -> _Params:
+        """The defaults updated with ``values``: unknown keys and wrong types are refused."""
+        values = {**cls.variant_defaults.get(values.get("variant"), {}), **values}
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        checked = {}
+        for key, value in values.items():
+            if key not in names:
+                known = ", ".join(names) or "none"
+                raise ConfigError(f"method {method} has no hyper-parameter '{key}'"
+                                  f"{did_you_mean(key, names)}; its hyper-parameters: {known}")
+            checked[key] = check_value(key, value, hints[key],
+                                       what=f"method {method} hyper-parameter")
+        params = cls(**checked)
+        params.check(method)
+        return params
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     name: str = "baseline"
-    params: dict[str, Any] = field(default_factory=dict)  # written flat beside ``name`` in YAML
+    #: the method's hyper-parameters at their effective values (written flat beside ``name``)
+    params: MethodParams = field(default_factory=MethodParams)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudentConfig:
     name: str = "resnet20"
     init: str | None = None  # initial weights (the reference's --s_init); default: seeded init
     pretrained: bool = False  # torchvision/timm models: start from the library's weights
+    #: torchvision/timm models: the graph nodes whose outputs are the stages (default: kdzoo's
+    #: table for the model's family, or timm's feature_info)
+    stage_nodes: tuple[str, ...] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeacherConfig:
     name: str | None = None
     checkpoint: str | None = None
     untrained: bool = False  # allow a randomly initialised teacher (smoke tests, benchmarks)
     pretrained: bool = False  # torchvision/timm models: the library's pretrained weights
+    stage_nodes: tuple[str, ...] | None = None  # as StudentConfig.stage_nodes
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
+    data_dir: str | None = field(default=None, metadata=RUNTIME)
+    download: bool = field(default=False, metadata=RUNTIME)
     val_split: float = 0.0  # held-out validation fraction of the training data (0: none)
     train_subset: int | None = None  # a stratified subset of the training images (quick runs)
-    options: dict[str, Any] = field(default_factory=dict)  # written flat beside ``name`` in YAML
+    #: the dataset's own options (written flat beside ``name``)
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_split < 1:
+            raise ConfigError(f"--val-split must be a fraction in [0, 1), got {self.val_split}")
+        _positive("data.", train_subset=self.train_subset)
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     epochs: int = 200
     batch_size: int = 128
@@ -63,13 +139,31 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = True
-    schedule: str = "multistep"  # multistep | cosine | constant
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # below 1: fractions of the epochs
     gamma: float = 0.1
     dot_delta: float | None = None  # DOT (ICCV 2023): task/distillation momentum -/+ delta
 
+    def __post_init__(self) -> None:
+        _positive("optim.", epochs=self.epochs, batch_size=self.batch_size)
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr (the learning rate) must be positive, got {self.lr}")
+        _non_negative("optim.", momentum=self.momentum, weight_decay=self.weight_decay)
+        if self.schedule == "multistep" and (any(m <= 0 for m in self.milestones) or
+                                             list(self.milestones) != sorted(self.milestones)):
+            raise ConfigError(f"optim.milestones must be increasing and positive, got "
+                              f"{list(self.milestones)}")
+        if self.dot_delta is not None:
+            if not 0 < self.dot_delta < self.momentum:
+                raise ConfigError(f"optim.dot_delta must be in (0, momentum={self.momentum}), "
+                                  f"got {self.dot_delta} (mdistiller's DOT uses 0.075)")
+            if self.nesterov:
+                raise ConfigError("DOT (optim.dot_delta) is plain momentum SGD, without "
+                                  "Nesterov: add --set optim.nesterov=false (the repdistiller "
+                                  "preset has it)")
 
-@dataclass
+
+@dataclass(frozen=True)
 class LossConfig:
     """RepDistiller's composition (``train_student.py``'s ``-r/-a/-b``): loss =
     ``ce`` x cross-entropy + ``kd`` x Hinton's KD at ``kd_temperature`` (the term ``hinton_kd``)
@@ -80,143 +174,146 @@ class LossConfig:
     kd: float = 0.0              # alpha (-a): Hinton's KD on the frozen teacher's logits
     kd_temperature: float = 4.0  # --kd_T
 
+    def __post_init__(self) -> None:
+        _non_negative("loss.", ce=self.ce, kd=self.kd)
+        _positive("loss.", kd_temperature=self.kd_temperature)
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainConfig:
+    """One run, resolved (see the module docstring); build it with
+    :func:`kdzoo.resolve_config` or :func:`kdzoo.config_from_dict`."""
+
     method: MethodConfig = field(default_factory=MethodConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    preset: str | None = "reference"
+    #: the preset the defaults came from (its values are compared, not its name)
+    preset: str | None = field(default="reference", metadata=RUNTIME)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    out: str | None = None
+    device: str = field(default="auto", metadata=RUNTIME)  # auto | cpu | cuda | cuda:N
+    out: str | None = field(default=None, metadata=RUNTIME)
+    threads: int | None = field(default=None, metadata=RUNTIME)  # torch threads (None: torch's)
     #: float64 trains, evaluates and runs the frozen teacher in double precision (CPU): runs
     #: then agree to float64 rounding across process counts and batch shapes, which float32
     #: training does not (it amplifies a 1e-7 rounding difference wherever a ReLU flips)
     precision: Literal["float32", "float64"] = "float32"
     # The fast path (on by default where it is exact up to float rounding):
-    channels_last: bool = True      # NHWC activations: +20-30% on CPUs (oneDNN) and GPUs
-    fold_teacher_bn: bool = True    # the frozen teacher runs with BatchNorm folded into its convs
-    inference_chunk: int | None = None  # teacher/eval images per forward (None: 32 CPU, all GPU)
-    # Opt-in speed-ups that change numerics or cost start-up time:
+    channels_last: bool = field(default=True, metadata=RUNTIME)  # NHWC: +20-30% (oneDNN, GPUs)
+    fold_teacher_bn: bool = field(default=True, metadata=RUNTIME)  # BatchNorms folded in convs
+    #: teacher/eval images per forward (None: 32 on a CPU, the whole batch on a GPU)
+    inference_chunk: int | None = field(default=None, metadata=RUNTIME)
+    # Opt-in speed-ups (compile is exact up to float rounding; AMP and the float16 teacher cache
+    # change the numbers, so they count as settings of the result):
     sync_bn: bool = False           # under torchrun: BatchNorm statistics of the global batch
-    compile: bool = False           # torch.compile the student and the frozen teacher
-    amp: str | None = None          # bf16 or fp16 autocast (fp16 needs CUDA)
-    cudnn_benchmark: bool = False   # cuDNN autotuning (CUDA; not bit-reproducible)
-    # The teacher-output cache (methods that need only the teacher's logits):
-    teacher_cache: bool = False     # reuse/fill the on-disk logits of every augmented view
-    cache_dir: str | None = None    # default: $KDZOO_CACHE or ~/.cache/kdzoo
-    eval_batch_size: int | None = None
-    log_interval: int = 50  # steps between progress-bar updates (each costs a host sync)
-    tensorboard: bool = False  # also write TensorBoard event files of every term and metric
-    trust_checkpoint: bool = False
-    deterministic: bool = False  # PyTorch's deterministic algorithms (CPU runs always are)
-    nonfinite: str = "stop"  # a NaN/inf loss or gradient: "stop" the run or "skip" the batch
-    use_recipes: bool = True  # apply the authors' published settings for method and pair
-    recipes: list[str] = field(default_factory=list)  # the recipes applied (recorded)
+    compile: bool = field(default=False, metadata=RUNTIME)  # torch.compile student and teacher
+    amp: Literal["bf16", "fp16"] | None = None  # autocast (fp16 needs CUDA)
+    cudnn_benchmark: bool = field(default=False, metadata=RUNTIME)  # cuDNN autotuning (CUDA)
+    teacher_cache: bool = False     # reuse/fill the on-disk float16 logits of every view
+    cache_dir: str | None = field(default=None, metadata=RUNTIME)  # $KDZOO_CACHE, ~/.cache/kdzoo
+    eval_batch_size: int | None = field(default=None, metadata=RUNTIME)
+    log_interval: int = field(default=50, metadata=RUNTIME)  # steps between progress updates
+    tensorboard: bool = field(default=False, metadata=RUNTIME)  # TensorBoard event files too
+    trust_checkpoint: bool = field(default=False, metadata=RUNTIME)
+    deterministic: bool = field(default=False, metadata=RUNTIME)  # CPU runs always are
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip it
+    #: apply the authors' published settings for method and pair (their values are compared)
+    use_recipes: bool = field(default=True, metadata=RUNTIME)
+    recipes: tuple[str, ...] = field(default=(), metadata=RUNTIME)  # the recipes applied
+
+    def __post_init__(self) -> None:
+        _positive("", inference_chunk=self.inference_chunk,
+                  eval_batch_size=self.eval_batch_size, log_interval=self.log_interval,
+                  threads=self.threads)
+        if self.optim.dot_delta is not None and self.amp == "fp16":
+            raise ConfigError("DOT (optim.dot_delta) does not support --amp fp16 (loss "
+                              "scaling), as mdistiller's: use --amp bf16 or no --amp")
+        if self.precision == "float64":
+            for flag, given in (("--amp", self.amp is not None), ("--compile", self.compile),
+                                ("--teacher-cache", self.teacher_cache)):
+                if given:
+                    raise ConfigError(f"--precision float64 cannot be combined with {flag}: "
+                                      "drop one of them")
+            if self.device.startswith("cuda"):
+                raise ConfigError("--precision float64 runs on the CPU only: use --device cpu")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict, with method hyper-parameters and dataset options flattened."""
-        data = dataclasses.asdict(self)
-        data["method"] = {"name": self.method.name, **self.method.params}
-        data["data"] = {k: v for k, v in data["data"].items() if k != "options"}
-        data["data"].update(self.data.options)
-        return data
+        """Plain nested dict (what config.yaml holds), with the method's hyper-parameters and
+        the dataset's options flat beside their ``name``."""
+        return _plain(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-
-OPEN_SECTIONS = {"method": "params", "data": "options"}
-
-
-def list_presets() -> list[str]:
-    folder = resources.files("kdzoo") / "configs" / "presets"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    def result_settings(self) -> dict[str, Any]:
+        """``{"optim.lr": 0.1, ...}``: every setting that can change the result."""
+        return {k: v for k, v in flat_items(self.to_dict()).items() if changes_result(k)}
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    if name not in list_presets():
-        raise ConfigError(f"unknown preset '{name}'{did_you_mean(name, list_presets())}; "
-                          f"presets: {', '.join(list_presets())}")
-    text = (resources.files("kdzoo") / "configs" / "presets" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+def _plain(value: Any) -> Any:
+    if isinstance(value, MethodConfig):
+        return {"name": value.name, **_plain(value.params.to_dict())}
+    if isinstance(value, DataConfig):
+        found = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                 if f.name != "options"}
+        return {**found, **_plain(dict(value.options))}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
-def load_yaml_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: fix the syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    return data
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``: nested keys joined by dots."""
+def flat_items(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested keys joined by dots (a config dict's settings, one per key)."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
+        if isinstance(value, Mapping):
+            flat.update(flat_items(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+#: The sections whose other keys are not fields: the method's hyper-parameters and the dataset's
+#: options.
+OPEN_SECTIONS = {"method": MethodConfig, "data": DataConfig}
 
 
-def parse_set(assignments: list[str]) -> dict[str, Any]:
-    """``["optim.lr=0.05", "method.temperature=3"]`` -> nested dict (values parsed as YAML)."""
-    result: dict[str, Any] = {}
-    for item in assignments:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got '{item}' (e.g. --set optim.lr=0.05)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        node = result
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: '{part}' is set twice with different shapes")
-        node[parts[-1]] = value
-    return result
+def changes_result(key: str) -> bool:
+    """Whether the setting ``key`` (dotted, as in config.yaml: ``optim.lr``, ``data.data_dir``,
+    ``method.weight``) can change a run's result. Unknown keys are taken to (the safe side)."""
+    section, _, rest = key.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if section not in fields:
+        return True
+    found = fields[section]
+    if not rest:
+        return found.metadata.get("changes_result", True)
+    cls = typing.get_type_hints(TrainConfig)[section]
+    inner = {f.name: f for f in dataclasses.fields(cls)}
+    if rest in inner:
+        return inner[rest].metadata.get("changes_result", True)
+    if section == "data":
+        return rest not in RUNTIME_DATA_OPTIONS
+    return True
 
 
+# ----------------------------------------------------------------------- typed values
 def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp)))
 
 
 def check_value(key: str, value: Any, tp: Any, what: str = "config key") -> Any:
-    """``value`` converted to type ``tp`` (an int is a fine float, a YAML string "1e-4" too), or
-    a one-line :class:`ConfigError` naming ``what`` and ``key``."""
+    """``value`` converted to type ``tp`` (an int is a fine float, a YAML string "1e-4" too, a
+    list a fine tuple), or a one-line :class:`ConfigError` naming ``what`` and ``key``."""
     origin = typing.get_origin(tp)
-    if origin is typing.Literal:
+    if origin is Literal:
         choices = typing.get_args(tp)
         if value in choices and not (isinstance(value, bool) and bool not in map(type, choices)):
             return value
@@ -233,13 +330,14 @@ def check_value(key: str, value: Any, tp: Any, what: str = "config key") -> Any:
             except ConfigError:
                 continue
         return check_value(key, value, options[-1], what)
-    if origin is list:
-        (inner,) = typing.get_args(tp)
+    if origin in (list, tuple):
+        inner = typing.get_args(tp)[0]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{what} '{key}' must be a list, got {value!r}")
-        return [check_value(f"{key}[{i}]", v, inner, what) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
+        checked = [check_value(f"{key}[{i}]", v, inner, what) for i, v in enumerate(value)]
+        return tuple(checked) if origin is tuple else checked
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
             raise ConfigError(f"{what} '{key}' must be a mapping, got {value!r}")
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -254,83 +352,36 @@ def check_value(key: str, value: Any, tp: Any, what: str = "config key") -> Any:
     raise ConfigError(f"{what} '{key}' must be {_type_name(tp)}, got {value!r}")
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+ParamsBuilder = typing.Callable[[str, Mapping[str, Any]], MethodParams]
+
+
+def build_section(cls: type, data: Mapping[str, Any], prefix: str,
+                  params: ParamsBuilder) -> Any:
+    """The frozen section ``cls`` from a nested dict: unknown keys and wrong types are refused
+    in one line; the method section's other keys become its typed hyper-parameters (through
+    ``params(method name, values)``), the data section's its options."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    open_field = OPEN_SECTIONS.get(prefix.rstrip("."))
+    open_section = OPEN_SECTIONS.get(prefix.rstrip("."))
     kwargs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
-        if key not in names or key == open_field:
-            if open_field is not None:
-                extra[key] = value
-                continue
+        if open_section is not None and (key not in names or key in ("params", "options")):
+            extra[key] = value
+            continue
+        if key not in names:
             candidates = [f"{prefix}{n}" for n in names]
             raise ConfigError(f"unknown config key '{full}'{did_you_mean(full, candidates)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
+            if not isinstance(value, Mapping):
                 raise ConfigError(f"config key '{full}' must be a mapping, got {value!r}")
-            kwargs[key] = _build(hint, value, f"{full}.")
+            kwargs[key] = build_section(hint, value, f"{full}.", params)
         else:
             kwargs[key] = check_value(full, value, hint)
-    if open_field is not None:
-        kwargs[open_field] = extra
+    if open_section is MethodConfig:
+        kwargs["params"] = params(kwargs.get("name", MethodConfig.name), extra)
+    elif open_section is DataConfig:
+        kwargs["options"] = extra
     return cls(**kwargs)
-
-
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Validate a nested dict (as written in YAML) into a :class:`TrainConfig`."""
-    return _build(TrainConfig, data, "")
-
-
-def resolve_config(
-    config_file: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    assignments: list[str] | None = None,
-) -> TrainConfig:
-    """Defaults < preset < recipes < config file < ``overrides`` (CLI flags) < ``assignments``
-    (--set). The recipes (:mod:`kdzoo.recipes`) fill only keys the user did not set."""
-    from .recipes import recipe_layer
-
-    from_file = load_yaml_file(config_file) if config_file else {}
-    overrides = overrides or {}
-    from_set = parse_set(assignments or [])
-    layers = [from_file, overrides, from_set]
-    preset = TrainConfig().preset
-    for layer in layers:
-        if "preset" in layer:
-            preset = layer["preset"]
-    base = TrainConfig().to_dict()
-    if preset is not None:
-        if not isinstance(preset, str):
-            raise ConfigError(f"config key 'preset' must be a string, got {preset!r}")
-        base = deep_merge(base, load_preset(preset))
-    merged = base
-    for layer in layers:
-        merged = _merge_open_sections(merged, layer)
-    if merged.get("use_recipes", True) is not False:
-        explicit: dict[str, Any] = {}
-        for layer in layers:
-            explicit = deep_merge(explicit, layer)
-        recipes, names = recipe_layer(merged, explicit)
-        if "method" in recipes:  # the recipe is for the run's method: keep its name with it
-            recipes["method"] = {"name": merged["method"]["name"], **recipes["method"]}
-        if names:
-            merged = _merge_open_sections(base, recipes)
-            for layer in layers:
-                merged = _merge_open_sections(merged, layer)
-            merged["recipes"] = names
-    return config_from_dict(merged)
-
-
-def _merge_open_sections(merged: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
-    # A layer that names another method drops the hyper-parameters set for the previous one
-    # (a preset's or config file's ``method.weight`` must not leak into a different method).
-    section = layer.get("method")
-    if isinstance(section, dict) and "name" in section:
-        previous = merged.get("method", {})
-        if isinstance(previous, dict) and previous.get("name") != section["name"]:
-            merged = {**merged, "method": {}}
-    return deep_merge(merged, layer)

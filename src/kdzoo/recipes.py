@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .config import flatten
+from .layers import flatten
 
 WHEN_KEYS = {"method", "teacher", "student", "data", "preset", "params"}
 

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from . import __version__
+from .version import __version__
 from .errors import CheckpointError, ConfigError, DatasetError, KdzooError
 from .io import atomic_write_json
 from .registry import did_you_mean

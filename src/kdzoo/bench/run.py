@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..config import resolve_config
+from ..spec import resolve_config
 from ..data.cifar import write_cifar_folder
 from ..data.loader import Batch, batch_bounds
 from ..engine.build import build

@@ -13,7 +13,7 @@ import torch
 from .. import distributed
 from ..config import TrainConfig
 from ..models import FeatureNet
-from .build import build, effective_config, validate_config
+from .build import build
 from .events import check_tensorboard
 from .rundir import LOG, NullRecorder, RunDir
 from .state import check_resume_config
@@ -59,9 +59,8 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """Train ``config.student`` (distilled from ``config.teacher`` by ``config.method``) and
     write the run folder ``config.out``. Bad input raises :class:`~kdzoo.errors.KdzooError`
     before anything is written; ``resume`` continues the run in ``config.out`` from its last
-    checkpoint; ``overwrite`` replaces the kdzoo files of an existing folder."""
-    validate_config(config)
-    config = effective_config(config)  # the hyper-parameters' defaults are recorded too
+    checkpoint; ``overwrite`` replaces the kdzoo files of an existing folder. ``config`` is the
+    run spec of :func:`kdzoo.resolve_config`."""
     with run_context(config):
         return _fit(config, resume, overwrite, progress)
 
@@ -69,20 +68,26 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 @contextlib.contextmanager
 def run_context(config: TrainConfig) -> Iterator[None]:
     """Process-global switches set for one run and restored after it (deterministic
-    algorithms, cuDNN flags, the cuBLAS workspace setting, inductor's freezing), so runs in one
-    process (tests, ``kdzoo zoo``, the Python API) never depend on the runs before them."""
+    algorithms, cuDNN flags, the cuBLAS workspace setting, inductor's freezing, torch's thread
+    count), so runs in one process (tests, ``kdzoo zoo``, the Python API) never depend on the
+    runs before them."""
     import torch._inductor.config as inductor_config
 
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-             os.environ.get("CUBLAS_WORKSPACE_CONFIG"), inductor_config.freezing)
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"), inductor_config.freezing,
+             torch.get_num_threads())
     try:
         if config.deterministic:
             set_deterministic()
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
         yield
     finally:
-        deterministic, warn_only, cudnn_deterministic, cudnn_benchmark, cublas, freezing = saved
+        deterministic, warn_only, cudnn_deterministic, cudnn_benchmark, cublas, freezing, \
+            threads = saved
+        torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.backends.cudnn.deterministic = cudnn_deterministic
         torch.backends.cudnn.benchmark = cudnn_benchmark
@@ -112,7 +117,7 @@ def _fit_process(config: TrainConfig, resume: bool, overwrite: bool, progress: b
         out = Path(distributed.broadcast_object(str(out)))  # one folder, chosen by rank 0
     RunDir.check(out, resume, overwrite)  # fail fast, before loading any data
     if resume:
-        check_resume_config(out, config.to_dict())
+        check_resume_config(out, config)
     if config.tensorboard:
         check_tensorboard()
     parts = build(config, device, context)

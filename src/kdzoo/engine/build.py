@@ -12,13 +12,12 @@ import torch
 from ..config import TeacherConfig, TrainConfig
 from ..core import LRSchedule, Role, Stage, build_schedule
 from ..data import BatchLoader, ImageDataset, load_dataset
-from ..data.base import DATASETS
 from ..data.imagefolder import StreamingLoader
 from ..data.split import carve_validation, subset_training
 from ..distributed import SINGLE, DistContext, check_batch, convert_sync_batchnorm
 from ..errors import ConfigError
-from ..methods import METHODS, Method, MethodContext, resolve_method_params
-from ..models import FeatureNet, create_model, load_weights, model_factory
+from ..methods import METHODS, Method, MethodContext
+from ..models import FeatureNet, create_model, load_weights
 from ..models.features import check_request
 from ..seeding import seeded
 from ..teachers import checkpoint_file
@@ -88,21 +87,6 @@ def check_amp(config: TrainConfig, device: torch.device) -> None:
                     "much slower than float32 here (measured 14-30x on AVX2 CPUs)")
 
 
-def check_precision(config: TrainConfig) -> None:
-    """``precision: float64`` is for exact comparisons on the CPU: refused with what would
-    round to float32 or below (AMP, the float16 teacher cache), with torch.compile (inductor's
-    CPU kernels are float32-tuned and reorder sums) and on a GPU."""
-    if config.precision != "float64":
-        return
-    for flag, given in (("--amp", config.amp is not None), ("--compile", config.compile),
-                        ("--teacher-cache", config.teacher_cache)):
-        if given:
-            raise ConfigError(f"--precision float64 cannot be combined with {flag}: drop one "
-                              "of them")
-    if config.device.startswith("cuda"):
-        raise ConfigError("--precision float64 runs on the CPU only: use --device cpu")
-
-
 def run_dtype(config: TrainConfig) -> torch.dtype:
     """The floating-point type of the run's networks, method parts and batches."""
     return torch.float64 if config.precision == "float64" else torch.float32
@@ -138,86 +122,12 @@ def role_config(config: TrainConfig, role: Role) -> TeacherConfig:
     return getattr(config, role.source)
 
 
-def effective_config(config: TrainConfig) -> TrainConfig:
-    """``config`` with the method's effective hyper-parameters, defaults included (what the run
-    folder, the checkpoint and the summary record, and what a resume compares)."""
-    params = resolve_method_params(config.method.name, config.method.params)
-    return dataclasses.replace(config, method=dataclasses.replace(config.method, params=params))
-
-
-def validate_config(config: TrainConfig) -> None:
-    """Checks that need no data or files: numbers in range, names and hyper-parameters."""
-    optim = config.optim
-    for key, value in (("epochs", optim.epochs), ("batch_size", optim.batch_size)):
-        if value < 1:
-            raise ConfigError(f"optim.{key} must be a positive integer, got {value}")
-    if not optim.lr > 0:
-        raise ConfigError(f"optim.lr (the learning rate) must be positive, got {optim.lr}")
-    for key in ("momentum", "weight_decay"):
-        if getattr(optim, key) < 0:
-            raise ConfigError(f"optim.{key} must not be negative, got {getattr(optim, key)}")
-    if config.inference_chunk is not None and config.inference_chunk < 1:
-        raise ConfigError(f"inference_chunk must be positive, got {config.inference_chunk}")
-    if config.eval_batch_size is not None and config.eval_batch_size < 1:
-        raise ConfigError(f"eval_batch_size must be positive, got {config.eval_batch_size}")
-    if config.nonfinite not in ("stop", "skip"):
-        raise ConfigError(f"nonfinite must be 'stop' or 'skip', got '{config.nonfinite}'")
-    if config.amp not in (None, "bf16", "fp16"):
-        raise ConfigError(f"amp must be bf16 or fp16 (or unset), got '{config.amp}'")
-    check_precision(config)
-    if config.loss.ce < 0 or config.loss.kd < 0 or not config.loss.kd_temperature > 0:
-        raise ConfigError("loss.ce and loss.kd must not be negative and loss.kd_temperature "
-                          "must be positive")
-    if optim.dot_delta is not None:
-        if not 0 < optim.dot_delta < optim.momentum:
-            raise ConfigError(f"optim.dot_delta must be in (0, momentum={optim.momentum}), got "
-                              f"{optim.dot_delta} (mdistiller's DOT uses 0.075)")
-        if optim.nesterov:
-            raise ConfigError("DOT (optim.dot_delta) is plain momentum SGD, without Nesterov: "
-                              "add --set optim.nesterov=false (the repdistiller preset has it)")
-        if config.amp == "fp16":
-            raise ConfigError("DOT (optim.dot_delta) does not support --amp fp16 (loss "
-                              "scaling), as mdistiller's: use --amp bf16 or no --amp")
-    if not 0 <= config.data.val_split < 1:
-        raise ConfigError(f"--val-split must be a fraction in [0, 1), got {config.data.val_split}")
-    if config.data.train_subset is not None and config.data.train_subset < 1:
-        raise ConfigError(f"data.train_subset must be positive, got {config.data.train_subset}")
-    if config.log_interval < 1:
-        raise ConfigError(f"log_interval must be positive, got {config.log_interval}")
-    method_cls = METHODS.get(config.method.name)
-    resolve_method_params(config.method.name, config.method.params)
-    if config.loss.kd and not any(r.source == "teacher" and not r.trainable
-                                  for r in method_cls.roles):
-        raise ConfigError(f"loss.kd adds Hinton's KD on a frozen teacher's logits, and method "
-                          f"{config.method.name} has no frozen teacher: drop loss.kd")
-    model_factory(config.student.name)
-    DATASETS.get(config.data.name)
-    for role in method_cls.roles:
-        if role.source == "student":
-            continue
-        section = role_config(config, role)
-        if section.name is None:
-            raise ConfigError(f"method {config.method.name} needs a {role.name}: pass "
-                              f"--{role.source} NAME" + ("" if role.trainable else
-                                                         " --teacher-checkpoint FILE"))
-        model_factory(section.name)
-        # A trained peer (DML) may start untrained; a frozen teacher must be trained.
-        if not role.trainable and section.checkpoint is None and not section.untrained \
-                and not section.pretrained:
-            raise ConfigError(
-                f"method {config.method.name} needs a trained teacher: pass --teacher-checkpoint "
-                f"FILE (train one with `kdzoo train --method baseline --student "
-                f"{section.name} ...`), or --untrained-teacher for smoke tests"
-            )
-    build_schedule(optim)
-
-
 def load_run_data(config: TrainConfig) -> ImageDataset:
     """The run's dataset: loaded, reduced to ``data.train_subset`` images if asked, and with a
     held-out validation split of ``data.val_split`` if asked (both stratified and seeded by the
     dataset alone)."""
     data = load_dataset(config.data.name, config.data.data_dir, config.data.download,
-                        **config.data.options)
+                        **dict(config.data.options))
     if config.data.train_subset is not None:
         data = subset_training(data, config.data.train_subset)
     if config.data.val_split:
@@ -231,13 +141,14 @@ def build_network(config: TrainConfig, data: ImageDataset, role: Role) -> Featur
     reference's ``--s_init``) and a peer of the same architecture from other weights."""
     section = config.student if role.source == "student" else role_config(config, role)
     name = section.name
-    assert name is not None  # validate_config checked it
+    if name is None:  # the spec's check_names refuses this; a hand-made config may lack it
+        raise ConfigError(f"{role.name} has no model: pass --{role.source} NAME")
     checkpoint = None if role.source == "student" else \
         checkpoint_file(section.checkpoint, name, data.num_classes, data.in_chans)
     with seeded(f"{role.name}-init", name, data.num_classes, data.in_chans, config.seed):
         network = create_model(name, num_classes=data.num_classes, in_chans=data.in_chans,
                                checkpoint=checkpoint, trust_checkpoint=config.trust_checkpoint,
-                               pretrained=section.pretrained)
+                               pretrained=section.pretrained, stage_nodes=section.stage_nodes)
     if role.source == "student" and config.student.init is not None:
         load_weights(network, config.student.init, trust=config.trust_checkpoint)
     return network
@@ -280,9 +191,8 @@ def check_features(method_cls: type[Method], config: TrainConfig,
                    networks: dict[str, FeatureNet]) -> None:
     """One line for a network that cannot give the method what it asks (too few stages, no
     pre-activation outputs, no BatchNorm before a ReLU, no stem)."""
-    params = method_cls.Params.build(config.method.name, config.method.params)
     infos = {name: net.feature_info for name, net in networks.items()}
-    requests = method_cls.feature_requests(params, infos)
+    requests = method_cls.feature_requests(config.method.params, infos)
     for role in method_cls.roles:
         network = networks[role.name]
         check_request(config.method.name, role.name, network.model_name or role.name,
@@ -318,9 +228,7 @@ def build(config: TrainConfig, device: torch.device | None = None,
           dist: DistContext = SINGLE) -> Components:
     """Everything a run needs, on its device (``device`` overrides ``config.device``: torchrun's
     ``cuda:LOCAL_RANK``); raises a one-line error for any bad input."""
-    validate_config(config)
     check_distributed(config, dist)
-    config = effective_config(config)
     device = device if device is not None else resolve_device(config.device)
     if config.precision == "float64" and device.type != "cpu":
         raise ConfigError("--precision float64 runs on the CPU only: use --device cpu")
@@ -359,8 +267,7 @@ def build(config: TrainConfig, device: torch.device | None = None,
         networks=dict(networks),
     )
     with seeded("method-init", config.method.name, config.seed):
-        method = METHODS.get(config.method.name)(
-            ctx, method_cls.Params.build(config.method.name, config.method.params))
+        method = method_cls(ctx, config.method.params)
     schedule = build_schedule(config.optim)
     stages = method.stages(Stage("main", config.optim.epochs, schedule))
     method.to(device=device, dtype=dtype)

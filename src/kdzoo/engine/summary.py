@@ -1,4 +1,5 @@
-"""summary.json: the numbers a results table needs, from a run's metrics history.
+"""summary.json: the numbers a results table needs, a pure function of the run's spec, its
+metrics history and a few facts fixed when the run starts (:class:`RunFacts`).
 
 The "best" epoch is chosen on the validation split when the run has one (``--val-split``): then
 ``best_top1`` is the test top-1 *at the epoch best on validation* (``selection: "val"``), an
@@ -8,17 +9,31 @@ honest number. Without a validation split it is the best test top-1 over the epo
 from __future__ import annotations
 
 import platform
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from ..models.features import count_parameters
+from ..config import TrainConfig
+from ..version import __version__
 from .records import METRICS_FORMAT
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
 SUMMARY_FORMAT = "kdzoo-summary/2"
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a summary says beyond the spec and the metrics: fixed once the run is built and the
+    teacher checked."""
+
+    teacher: str | None            # the frozen teacher's model (None: the method has none)
+    teacher_eval: dict[str, float] | None  # its test top-1/top-5, checked before distilling
+    teacher_untrained: bool        # it had no checkpoint (BatchNorms calibrated)
+    peers: dict[str, str] = field(default_factory=dict)  # trained peer role -> its model
+    student_parameters: int = 0
+    method_parameters: int = 0
+    device: str = "cpu"
+    world_size: int = 1            # processes (torchrun) that trained it together
 
 
 def scores(history: list[dict[str, Any]], split: str,
@@ -46,38 +61,36 @@ def select_best(history: list[dict[str, Any]], role: str = "student") -> dict[st
             "best_val": val[epoch]["top1"] if val else None}
 
 
-def make_summary(trainer: "Trainer", wall_seconds: float, finished: bool) -> dict[str, Any]:
-    from .. import __version__
+def _peer_fields(history: list[dict[str, Any]], peers: dict[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for role, model in peers.items():
+        best = select_best(history, role)
+        last = (scores(history, "test", role) or [(None, {})])[-1][1]
+        found.update({role: model, f"{role}_best_top1": best["best"].get("top1"),
+                      f"{role}_best_top1_epoch": best["best_epoch"],
+                      f"{role}_last_top1": last.get("top1"), f"{role}_last_top5": last.get("top5")})
+    return found
 
-    parts, history = trainer.parts, trainer.history
-    config = parts.config
+
+def make_summary(config: TrainConfig, history: list[dict[str, Any]], facts: RunFacts,
+                 wall_seconds: float, finished: bool) -> dict[str, Any]:
+    """The summary of a run with spec ``config`` after the epochs of ``history``."""
     last_epoch, last = (scores(history, "test") or [(None, {})])[-1]
     best = select_best(history)
     val = scores(history, "val")
-    teacher = trainer.teacher_eval or {}
-    peers: dict[str, Any] = {}
-    for role in parts.method.trainable_roles():
-        if role.name == "student":
-            continue
-        peer_best = select_best(history, role.name)
-        peer_last = (scores(history, "test", role.name) or [(None, {})])[-1][1]
-        peers.update({role.name: getattr(config, role.source).name,
-                      f"{role.prefix}best_top1": peer_best["best"].get("top1"),
-                      f"{role.prefix}best_top1_epoch": peer_best["best_epoch"],
-                      f"{role.prefix}last_top1": peer_last.get("top1"),
-                      f"{role.prefix}last_top5": peer_last.get("top5")})
+    teacher = facts.teacher_eval or {}
     return {
         "format": SUMMARY_FORMAT,
         "metrics_format": METRICS_FORMAT,
         "method": config.method.name,
         "student": config.student.name,
-        "teacher": config.teacher.name if parts.teacher is not None else None,
+        "teacher": facts.teacher,
         "data": config.data.name,
         "seed": config.seed,
-        "hyperparameters": dict(config.method.params),
+        "hyperparameters": config.method.params.to_dict(),
         "recipes": list(config.recipes),
         "finished": finished,
-        "epochs": trainer.global_epoch,
+        "epochs": len(history),
         "selection": best["selection"],
         "val_split": config.data.val_split,
         "best_top1": best["best"].get("top1"),
@@ -90,14 +103,15 @@ def make_summary(trainer: "Trainer", wall_seconds: float, finished: bool) -> dic
         "last_epoch": last_epoch,
         "teacher_top1": teacher.get("top1"),
         "teacher_top5": teacher.get("top5"),
-        "teacher_untrained": "teacher" in parts.calibrated,
-        **peers,
-        "student_parameters": count_parameters(parts.method.deployed("student", parts.student)),
-        "method_parameters": count_parameters(parts.method),
+        "teacher_untrained": facts.teacher_untrained,
+        **_peer_fields(history, facts.peers),
+        "student_parameters": facts.student_parameters,
+        "method_parameters": facts.method_parameters,
         "wall_seconds": wall_seconds,
         "train_seconds": sum(r["time"]["train_seconds"] for r in history),
-        "device": str(parts.device),
-        "world_size": parts.dist.world,  # processes (torchrun) that trained it together
+        "device": facts.device,
+        "world_size": facts.world_size,
+        "precision": config.precision,
         "versions": {"kdzoo": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }

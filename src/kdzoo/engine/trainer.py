@@ -36,10 +36,11 @@ from .build import Components
 from .evaluate import accuracy_of_logits, evaluate, topk_correct
 from .guard import NonFiniteError, NonFiniteGuard
 from .dot import DistillationOrientedSGD, is_task_term
-from .records import check_finite, epoch_line, epoch_record
+from .records import check_finite, epoch_line, epoch_record, upgrade_record
+from ..models.features import count_parameters
 from .rundir import RunDir
-from .state import load_run_state, run_state
-from .summary import make_summary
+from .state import RUN_FORMAT, check_same_run, read_run_state
+from .summary import RunFacts, make_summary
 
 log = logging.getLogger("kdzoo")
 
@@ -322,14 +323,93 @@ class Trainer:
         record["time"] = {"eval_seconds": time.perf_counter() - start}
         return record
 
+    # ---------------------------------------------------------------------------- the state
+    def state_dict(self, wall_seconds: float = 0.0) -> dict[str, Any]:
+        """Everything that decides what happens next: the spec, the trainable networks, the
+        method (connectors, memory banks), the optimisers (momentum), where the run is (stage,
+        epoch), torch's RNG states, the metrics history and the wall time so far."""
+        parts = self.parts
+        optimizers = dict(self.saved_optimizer_states)
+        optimizers.update({name: opt.state_dict() for name, opt in self.optimizers.items()})
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "kdzoo_format": RUN_FORMAT,
+            "config": parts.config.to_dict(),
+            "stage_index": self.stage_index,
+            "stage_epoch": self.stage_epoch,
+            "global_epoch": self.global_epoch,
+            "networks": {role.name: parts.networks[role.name].state_dict()
+                         for role in parts.method.trainable_roles()},
+            "method": parts.method.state_dict(),
+            "optimizers": optimizers,
+            "rng": rng,
+            "history": self.history,
+            "wall_seconds": wall_seconds,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (a :meth:`state_dict`): the optimisers' states are applied
+        when each optimiser is made, the stages already finished are finished again (e.g. a
+        frozen paraphraser stays frozen)."""
+        parts = self.parts
+        networks = state.get("networks")
+        if networks is None:  # written by kdzoo 0.1: the student, and DML's peer under "peer"
+            networks = {"student": state["student"]}
+            if state.get("peer") is not None:
+                networks["peer"] = state["peer"]
+        for name, weights in networks.items():
+            parts.networks[name].load_state_dict(weights)
+        parts.method.load_state_dict(state["method"])
+        self.saved_optimizer_states = dict(state["optimizers"])
+        self.stage_index = state["stage_index"]
+        self.stage_epoch = state["stage_epoch"]
+        self.global_epoch = state["global_epoch"]
+        self.history = [upgrade_record(r) for r in state["history"]]
+        self.wall_before = float(state["wall_seconds"])
+        if state.get("scaler") is not None and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        for stage in parts.stages[: self.stage_index]:
+            parts.method.end_stage(stage)
+
+    def facts(self) -> RunFacts:
+        """What the summary says beyond the spec and the metrics."""
+        parts = self.parts
+        peers = {role.name: getattr(parts.config, role.source).name
+                 for role in parts.method.trainable_roles() if role.name != "student"}
+        return RunFacts(
+            teacher=parts.teacher.model_name if parts.teacher is not None else None,
+            teacher_eval=self.teacher_eval, teacher_untrained="teacher" in parts.calibrated,
+            peers=peers,
+            student_parameters=count_parameters(parts.method.deployed("student",
+                                                                      parts.student)),
+            method_parameters=count_parameters(parts.method), device=str(parts.device),
+            world_size=self.dist.world)
+
     # ----------------------------------------------------------------------------- the run
+    def resume(self) -> bool:
+        """Restore the run from its folder's checkpoint (False when it stopped before its first
+        one: it starts from the beginning); the metrics file is cut back to the checkpoint."""
+        state = read_run_state(self.run.path)
+        if state is None:
+            return False
+        check_same_run(self.run.path, state["config"], self.parts.config)
+        self.load_state_dict(state)
+        self.run.write_metrics(self.history)  # drop lines written after the checkpoint
+        return True
+
     def fit(self, resume: bool = False) -> dict[str, Any]:
         parts = self.parts
         started = time.perf_counter()
-        if resume and load_run_state(self):
+        if resume and self.resume():
             log.info("resuming %s after epoch %d", self.run.path, self.global_epoch)
-        else:
-            self.run.write_config(parts.config.to_yaml())
+        # the spec as it runs now (a resumed run may have moved its data or device)
+        self.run.write_config(parts.config.to_yaml())
         for role, batches in parts.calibrated.items():
             log.info("%s %s is untrained: its BatchNorm statistics were calibrated on %d training "
                      "batches", role, parts.networks[role].model_name, batches)
@@ -338,6 +418,7 @@ class Trainer:
             log.info("teacher %s: test top-1 %.2f%%, top-5 %.2f%% (checked before distilling)",
                      parts.teacher.model_name, self.teacher_eval["top1"],
                      self.teacher_eval["top5"])
+        facts = self.facts()
         total_epochs = sum(s.epochs for s in parts.stages)
         for index in range(self.stage_index, len(parts.stages)):
             stage = parts.stages[index]
@@ -356,15 +437,16 @@ class Trainer:
                 self.history.append(record)
                 wall = self.wall_before + time.perf_counter() - started
                 if self.dist.is_main:
-                    self.run.save_checkpoint(run_state(self, wall))
+                    self.run.save_checkpoint(self.state_dict(wall))
                 self.run.record_epoch(record)
-                self.run.write_summary(make_summary(self, wall, finished=False))
+                self.run.write_summary(make_summary(parts.config, self.history, facts, wall,
+                                                    finished=False))
                 log.info(epoch_line(record, total_epochs))
         wall = self.wall_before + time.perf_counter() - started
         for role in parts.method.trainable_roles():
             self.run.export(role.name, parts.method.deployed(role.name, parts.networks[role.name]),
                             method=parts.config.method.name)
-        summary = make_summary(self, wall, finished=True)
+        summary = make_summary(parts.config, self.history, facts, wall, finished=True)
         self.run.write_summary(summary)
         distributed.barrier()  # no rank leaves before rank 0 has written the run's files
         return summary

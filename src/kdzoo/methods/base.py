@@ -41,49 +41,10 @@ from typing import Any, ClassVar, Generic, Iterator, Mapping, TypeVar
 
 from torch import Tensor, nn
 
-from ..config import check_value
+from ..config import MethodParams
 from ..core import STUDENT, TEACHER, Role, Stage, Step
 from ..errors import ConfigError
 from ..models.features import FeatureInfo, FeatureRequest, Features
-from ..registry import did_you_mean
-
-
-_Params = TypeVar("_Params", bound="MethodParams")
-
-
-@dataclass(frozen=True)
-class MethodParams:
-    """Base class of a method's hyper-parameters: a frozen dataclass whose fields are the
-    hyper-parameters, typed, with the method's defaults. ``check`` raises a one-line
-    :class:`ConfigError` for values out of range (types are checked from the annotations)."""
-
-    #: Defaults that a ``variant`` hyper-parameter's value brings (RepDistiller's weights when
-    #: ``variant="repdistiller"``), for the hyper-parameters the user leaves unset.
-    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
-
-    def check(self, method: str) -> None:
-        """Refuse values out of range; called once the types are checked."""
-
-    @classmethod
-    def build(cls: type[_Params], method: str, values: dict[str, Any]) -> _Params:
-        """The defaults updated with ``values``: unknown keys and wrong types are refused."""
-        values = {**cls.variant_defaults.get(values.get("variant"), {}), **values}
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        checked = {}
-        for key, value in values.items():
-            if key not in names:
-                known = ", ".join(names) or "none"
-                raise ConfigError(f"method {method} has no hyper-parameter '{key}'"
-                                  f"{did_you_mean(key, names)}; its hyper-parameters: {known}")
-            checked[key] = check_value(key, value, hints[key],
-                                       what=f"method {method} hyper-parameter")
-        params = cls(**checked)
-        params.check(method)
-        return params
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def positive(method: str, **values: float) -> None:

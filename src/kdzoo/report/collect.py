@@ -14,16 +14,9 @@ from typing import Any
 
 import yaml
 
-from ..config import flatten
+from ..config import changes_result, flat_items
 from ..engine.rundir import CONFIG, SUMMARY, read_summary, run_status
 from ..errors import KdzooError
-
-#: Config keys that do not make two runs different rows (seeds are averaged over).
-NOT_A_SETTING = {"seed", "out", "device", "log_interval", "eval_batch_size", "trust_checkpoint",
-                 "tensorboard", "data.data_dir", "data.download", "cache_dir", "teacher.checkpoint",
-                 "teacher.untrained", "compile", "amp", "cudnn_benchmark", "teacher_cache",
-                 "channels_last", "fold_teacher_bn", "inference_chunk", "deterministic"}
-
 
 @dataclass
 class Run:
@@ -97,8 +90,10 @@ def collect(paths: list[str | Path]) -> list[Run]:
 
 
 def settings_of(run: Run) -> dict[str, Any]:
-    """The run's settings that make it a row of its own (everything but seed and runtime)."""
-    return {k: v for k, v in flatten(run.config).items() if k not in NOT_A_SETTING}
+    """The run's settings that make it a row of its own: every setting that can change a
+    result (:func:`kdzoo.config.changes_result`) but the seed, which rows average over."""
+    return {k: v for k, v in flat_items(run.config).items()
+            if changes_result(k) and k != "seed"}
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:

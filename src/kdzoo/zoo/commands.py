@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import deep_merge, parse_set
+from ..layers import deep_merge, parse_set
 from ..errors import KdzooError
 from .grid import Grid, expand, load_grid_spec
 from .runner import dry_run_commands, failure_lines, run_grid, write_grid

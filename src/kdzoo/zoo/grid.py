@@ -41,6 +41,7 @@ written to ``<zoo>/configs/<name>.yaml``, the file ``kdzoo train --config`` runs
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import re
@@ -49,18 +50,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig, deep_merge, flatten, load_yaml_file, resolve_config
+from ..config import TrainConfig
 from ..errors import ConfigError
+from ..layers import deep_merge, load_yaml_file
 from ..methods import METHODS, method_defaults
 from ..registry import did_you_mean
+from ..spec import default_settings, resolve_config
 
 GRID_KEYS = {"data", "seeds", "preset", "settings", "teacher_settings", "teacher_seed",
              "pairs", "teachers", "methods", "published", "description", "cells"}
-#: Config keys that identify a run (its folder name says them) or do not change its result.
-IDENTITY_KEYS = {"method.name", "teacher.name", "teacher.checkpoint", "teacher.untrained",
-                 "student.name", "data.name", "seed", "out", "device", "log_interval",
-                 "eval_batch_size", "trust_checkpoint", "tensorboard", "data.data_dir",
-                 "data.download", "cache_dir"}
+#: Settings a run folder's name says already (method, pair, dataset, seed; the teacher's
+#: checkpoint through its teacher id): the hash covers the other settings of the result.
+NAMED_KEYS = frozenset({"method.name", "teacher.name", "teacher.checkpoint", "teacher.untrained",
+                        "student.name", "data.name", "seed"})
 
 
 @dataclass
@@ -178,17 +180,15 @@ def _pairs(value: Any) -> list[tuple[str | None, str]]:
 
 # ------------------------------------------------------------------------------- naming
 def settings_hash(config: TrainConfig, teacher_id: str | None = None) -> str:
-    """A short hash of the settings in which ``config`` differs from a plain run of its method
-    (its preset, optimiser, hyper-parameters, options ... and ``teacher_id``, which names a
-    teacher other than the grid's default one), '' when there are none."""
-    from ..engine.build import effective_config
-
-    plain = effective_config(resolve_config(overrides={
-        "method": {"name": config.method.name}, "student": {"name": config.student.name},
-        "data": {"name": config.data.name}}))
-    mine, theirs = flatten(effective_config(config).to_dict()), flatten(plain.to_dict())
-    diff = {k: mine.get(k) for k in sorted(set(mine) | set(theirs))
-            if k not in IDENTITY_KEYS and mine.get(k) != theirs.get(k)}
+    """A short hash of the result settings (:func:`kdzoo.config.changes_result`) in which
+    ``config`` differs from a plain run of its method on its student and dataset (its preset's
+    values, optimiser, hyper-parameters, options ... and ``teacher_id``, which names a teacher
+    other than the grid's default one), '' when there are none. Settings that cannot change a
+    result (where the data lives, the device, threads, logging) never change the name."""
+    plain = default_settings(config.method.name, config.student.name, config.data.name)
+    mine = config.result_settings()
+    diff = {k: mine.get(k) for k in sorted(set(mine) | set(plain))
+            if k not in NAMED_KEYS and mine.get(k) != plain.get(k)}
     if teacher_id is not None:
         diff["teacher"] = teacher_id
     if not diff:
@@ -237,7 +237,7 @@ def expand(spec: dict[str, Any], root: str | Path) -> Grid:
                                        "data": {"name": data}, "seed": seed})
         config = resolve_config(overrides=layered)
         name = run_name(label or method, teacher, student, data, seed, config, teacher_id)
-        config.out = str(root / name)
+        config = dataclasses.replace(config, out=str(root / name))
         found = runs.setdefault(name, RunPlan(name, role, method, teacher, student, data, seed,
                                               config, needs, label=label))
         if role == "teacher":  # also a run of its own (a baseline): it must come first

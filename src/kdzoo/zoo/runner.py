@@ -97,23 +97,19 @@ def last_log_line(run: RunPlan, fallback: str = "") -> str:
     return fallback or (lines[-1] if lines else "(no log)")
 
 
-def _console_shows_info() -> bool:
-    """Whether kdzoo's console output includes progress (INFO): the CLI's --quiet sets the level
-    of its console handler, not the logger's, so that run folders always get a full log.txt."""
-    consoles = [h for h in log.handlers if not isinstance(h, logging.FileHandler)]
-    return log.isEnabledFor(logging.INFO) and all(h.level <= logging.INFO for h in consoles)
-
-
-def _in_process(grid: Grid, run: RunPlan, quiet: bool = False) -> Outcome:
-    from ..cli import main
+def _in_process(run: RunPlan) -> Outcome:
+    """The run through the Python API, in this process (under the run context that restores
+    every process-global setting afterwards)."""
+    from ..engine import fit
 
     start = time.perf_counter()
     try:
-        code = main((["-q"] if quiet else []) + train_command(grid, run))
+        fit(run.config, resume=status(run) == "interrupted", progress=False)
+    except KdzooError as exc:  # bad input or a failed run: one line, as the CLI would print
+        return Outcome(run, False, time.perf_counter() - start, str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug in one run must not stop the grid
         return Outcome(run, False, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
-    return Outcome(run, code == 0, time.perf_counter() - start,
-                   "" if code == 0 else last_log_line(run))
+    return Outcome(run, True, time.perf_counter() - start)
 
 
 def _in_subprocess(grid: Grid, run: RunPlan, env: dict[str, str], nproc: int = 1) -> Outcome:
@@ -155,11 +151,10 @@ def run_grid(grid: Grid, jobs: int = 1, report: Callable[[str], None] = log.info
     pending = [run for run in grid if status(run) != "finished"]
     report(f"zoo {grid.root}: {len(grid.runs)} runs, {len(grid.runs) - len(pending)} finished, "
            f"{len(pending)} to run" + (f" ({jobs} at once)" if jobs > 1 and pending else ""))
-    quiet = not _console_shows_info()
     state = _Progress(grid, pending, report)
     if jobs == 1 and nproc == 1:
         while (run := state.next_ready()) is not None:
-            state.finish(_in_process(grid, run, quiet))
+            state.finish(_in_process(run))
         return state.outcomes
     slots = list(range(jobs))
     running: dict[Future, int] = {}
