@@ -32,6 +32,15 @@ def small_config(tmp_path, **overrides):
     return resolve_config(overrides=base)
 
 
+@pytest.fixture(scope="session")
+def shared_parts():
+    """Datasets and frozen teachers built once for the whole test run, as ``kdzoo zoo`` shares
+    them between the runs of a grid (:class:`kdzoo.engine.SharedParts`)."""
+    from kdzoo.engine import SharedParts
+
+    return SharedParts()
+
+
 @pytest.fixture
 def make_config(tmp_path):
     return lambda **overrides: small_config(tmp_path, **overrides)

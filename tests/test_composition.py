@@ -13,7 +13,7 @@ def first_terms(config, tmp_path):
     parts = build(config)
     trainer = Trainer(parts, RunDir.prepare(tmp_path / "steps"), progress=False)
     stage = parts.stages[0]
-    parts.step.train()
+    trainer.begin_epoch(stage, config.optim.lr)  # the loop's modes for the stage
     batch = next(parts.loader.train_batches(config.seed, 1))
     terms, logits = trainer.step_terms(batch, stage, 1, 0)
     teacher = parts.teacher_runner(batch.images).logits

@@ -173,7 +173,7 @@ def test_what_ddp_cannot_run_is_refused_in_one_line(tmp_path):
         check_distributed(config, two)
 
 
-def test_single_stage_methods_use_every_parameter_in_every_step():
+def test_single_stage_methods_use_every_parameter_in_every_step(shared_parts):
     """DDP runs single-stage methods without looking for unused parameters (kdzoo.engine.build
     .wrap_ddp): true only if every trainable parameter gets a gradient in every step."""
     from kdzoo.spec import resolve_config
@@ -193,7 +193,7 @@ def test_single_stage_methods_use_every_parameter_in_every_step():
                 overrides[role.source] = {"name": "resnet8", "untrained": not role.trainable}
         if name == "crd":
             overrides["method"]["nce_k"] = 4
-        parts = build(resolve_config(overrides=overrides))
+        parts = build(resolve_config(overrides=overrides), shared=shared_parts)
         if len(parts.stages) > 1:
             continue
         trainer = Trainer(parts, NullRecorder(), progress=False)

@@ -97,8 +97,7 @@ def first_step_terms(config):
     parts = build(config)
     trainer = Trainer(parts, RunDir(config.out), progress=False)
     stage = parts.stages[0]
-    parts.student.train(stage.uses_student)
-    parts.method.train()
+    trainer.begin_epoch(stage, config.optim.lr)  # the loop's modes for the stage
     batch = next(parts.loader.train_batches(config.seed, 1))
     terms, _ = trainer.step_terms(batch, stage, 1, 0)
     return {k: v.item() for k, v in terms.items()}

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import kdzoo
-from kdzoo.engine import RunDir, Trainer, build
+from kdzoo.engine import Trainer, build
+from kdzoo.engine.rundir import NullRecorder
 from kdzoo.errors import ConfigError
 from kdzoo.methods import get_method_class
 
@@ -62,10 +63,13 @@ def snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def check_method_trains(make_config, tmp_path, method, teacher, student):
+def check_method_trains(make_config, shared_parts, method, teacher, student):
+    """Two steps of every stage through the loop's own step (``Trainer.begin_epoch`` and
+    ``Trainer.train_step``), the frozen teacher and the data shared with the other methods'
+    tests of the pair (built once, as ``kdzoo zoo`` shares them between runs)."""
     config = method_config(make_config, method, teacher, student)
-    parts = build(config)
-    trainer = Trainer(parts, RunDir.prepare(tmp_path / "steps"), progress=False)
+    parts = build(config, shared=shared_parts)
+    trainer = Trainer(parts, NullRecorder(), progress=False)
     peers = [r.name for r in parts.method.trainable_roles() if r.name != "student"]
     frozen = [parts.networks[r.name] for r in parts.method.frozen_roles()]
     for network in frozen:
@@ -74,22 +78,18 @@ def check_method_trains(make_config, tmp_path, method, teacher, student):
     frozen_before = [snapshot(network) for network in frozen]
 
     for stage in parts.stages:
-        optimizers = trainer.stage_optimizers(stage)
-        in_optimizer = {id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]}
-        parts.step.train()
-        parts.student.train(stage.uses_student)
-        batches = parts.loader.train_batches(config.seed, 1)
+        setup = trainer.begin_epoch(stage, config.optim.lr)
+        in_optimizer = {id(p) for p in setup.params}
+        batches = parts.loader.train_batches(config.seed, 1, views=parts.method.views)
         for step_index in range(STEPS_PER_STAGE):
-            batch = next(batches)
-            terms, _ = trainer.step_terms(batch, stage, 1, step_index)
+            result = trainer.train_step(setup, next(batches), stage, 1, step_index)
+            assert result is not None, f"stage {stage.name}: the step was skipped"
+            _, terms, _ = result
             assert terms, f"stage {stage.name} produced no loss"
             for name, value in terms.items():
                 assert value.dim() == 0, name
                 assert math.isfinite(value.item()), f"{name} is {value.item()} in {stage.name}"
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            torch.stack(list(terms.values())).sum().backward()
-
+            # the gradients of this step are still there after the optimiser's step
             trainable = list(parts.method.trainable_parameters())
             assert {id(p) for p in trainable} <= in_optimizer
             if stage.method_weight != 0:
@@ -103,8 +103,6 @@ def check_method_trains(make_config, tmp_path, method, teacher, student):
                 assert all(p.grad is None for p in network.parameters())
             for peer in peers:
                 assert any(p.grad is not None for p in parts.networks[peer].parameters())
-            for opt in optimizers:
-                opt.step()
         parts.method.end_stage(stage)
 
     for network, before in zip(frozen, frozen_before, strict=True):
@@ -114,31 +112,31 @@ def check_method_trains(make_config, tmp_path, method, teacher, student):
 
 @pytest.mark.parametrize("teacher,student", PAIRS, ids=lambda x: x)
 @pytest.mark.parametrize("method", kdzoo.list_methods())
-def test_method_trains_for_real(make_config, tmp_path, method, teacher, student):
-    check_method_trains(make_config, tmp_path, method, teacher, student)
+def test_method_trains_for_real(make_config, shared_parts, method, teacher, student):
+    check_method_trains(make_config, shared_parts, method, teacher, student)
 
 
-def cross_family(method, teacher, student, make_config, tmp_path):
+def cross_family(method, teacher, student, make_config, shared_parts):
     refusal = REFUSED.get((method, teacher, student))
     if refusal is None:
-        check_method_trains(make_config, tmp_path, method, teacher, student)
+        check_method_trains(make_config, shared_parts, method, teacher, student)
         return
     with pytest.raises(ConfigError) as caught:
-        build(method_config(make_config, method, teacher, student))
+        build(method_config(make_config, method, teacher, student), shared=shared_parts)
     assert str(caught.value) == refusal
 
 
 @pytest.mark.parametrize("method", kdzoo.list_methods())
-def test_method_on_a_cross_family_pair(make_config, tmp_path, method):
+def test_method_on_a_cross_family_pair(make_config, shared_parts, method):
     """One cross-family pair in the default run (other stage counts and strides)."""
-    cross_family(method, "wrn_40_2", "ShuffleV1", make_config, tmp_path)
+    cross_family(method, "wrn_40_2", "ShuffleV1", make_config, shared_parts)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("teacher,student", CROSS, ids=lambda x: x)
 @pytest.mark.parametrize("method", kdzoo.list_methods())
-def test_method_on_cross_family_pairs(make_config, tmp_path, method, teacher, student):
-    cross_family(method, teacher, student, make_config, tmp_path)
+def test_method_on_cross_family_pairs(make_config, shared_parts, method, teacher, student):
+    cross_family(method, teacher, student, make_config, shared_parts)
 
 
 @pytest.mark.parametrize("method", kdzoo.list_methods())

@@ -275,15 +275,10 @@ def test_other_settings_train_for_real(make_config, tmp_path, name, params):
     parts = build(config)
     trainer = Trainer(parts, RunDir.prepare(tmp_path / "steps"), progress=False)
     (stage,) = parts.stages
-    optimizers = trainer.stage_optimizers(stage)
-    parts.step.train()
+    setup = trainer.begin_epoch(stage, config.optim.lr)
     batches = parts.loader.train_batches(config.seed, 1)
     for index in range(2):
-        terms, _ = trainer.step_terms(next(batches), stage, 1, index)
-        assert all(torch.isfinite(v) for v in terms.values())
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        torch.stack(list(terms.values())).sum().backward()
+        result = trainer.train_step(setup, next(batches), stage, 1, index)
+        assert result is not None
+        assert all(torch.isfinite(v) for v in result[1].values())
         assert all(p.grad is not None for p in parts.method.parameters())
-        for opt in optimizers:
-            opt.step()

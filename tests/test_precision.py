@@ -44,7 +44,7 @@ def test_the_default_precision_is_float32(make_config):
 
 
 @pytest.mark.parametrize("name", kdzoo.list_methods())
-def test_every_method_computes_its_terms_in_float64(name):
+def test_every_method_computes_its_terms_in_float64(name, shared_parts):
     cls = METHODS.get(name)
     overrides = {"method": {"name": name}, "student": {"name": "resnet8"},
                  "precision": "float64", "optim": {"batch_size": 16, "epochs": 1},
@@ -55,7 +55,7 @@ def test_every_method_computes_its_terms_in_float64(name):
             overrides[role.source] = {"name": "resnet8", "untrained": not role.trainable}
     if name == "crd":
         overrides["method"]["nce_k"] = 4
-    parts = build(kdzoo.resolve_config(overrides=overrides))
+    parts = build(kdzoo.resolve_config(overrides=overrides), shared=shared_parts)
     trainer = Trainer(parts, NullRecorder(), progress=False)
     for stage in parts.stages:
         setup = trainer.begin_epoch(stage, 0.01)

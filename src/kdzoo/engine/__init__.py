@@ -3,6 +3,7 @@ from .api import RunResult, default_out, fit
 from .build import Components, build, freeze
 from .evaluate import evaluate
 from .rundir import RunDir, read_metrics, read_summary, run_status
+from .shared import SharedParts
 from ..core import Cosine, MultiStep, Piecewise, build_schedule
 from .trainer import Trainer
 
@@ -13,6 +14,7 @@ __all__ = [
     "Piecewise",
     "RunDir",
     "RunResult",
+    "SharedParts",
     "Trainer",
     "build",
     "build_schedule",

@@ -16,6 +16,7 @@ from ..models import FeatureNet
 from .build import build
 from .events import check_tensorboard
 from .rundir import LOG, NullRecorder, RunDir
+from .shared import SharedParts
 from .state import check_resume_config
 from .trainer import Trainer
 
@@ -55,14 +56,15 @@ def default_out(config: TrainConfig, resume: bool = False) -> Path:
 
 
 def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-        progress: bool | None = None) -> RunResult:
+        progress: bool | None = None, shared: SharedParts | None = None) -> RunResult:
     """Train ``config.student`` (distilled from ``config.teacher`` by ``config.method``) and
     write the run folder ``config.out``. Bad input raises :class:`~kdzoo.errors.KdzooError`
     before anything is written; ``resume`` continues the run in ``config.out`` from its last
     checkpoint; ``overwrite`` replaces the kdzoo files of an existing folder. ``config`` is the
-    run spec of :func:`kdzoo.resolve_config`."""
+    run spec of :func:`kdzoo.resolve_config`; ``shared`` keeps the dataset and frozen teachers
+    for the next runs of this process (:class:`~kdzoo.engine.shared.SharedParts`)."""
     with run_context(config):
-        return _fit(config, resume, overwrite, progress)
+        return _fit(config, resume, overwrite, progress, shared)
 
 
 @contextlib.contextmanager
@@ -98,18 +100,19 @@ def run_context(config: TrainConfig) -> Iterator[None]:
         inductor_config.freezing = freezing
 
 
-def _fit(config: TrainConfig, resume: bool, overwrite: bool,
-         progress: bool | None) -> RunResult:
+def _fit(config: TrainConfig, resume: bool, overwrite: bool, progress: bool | None,
+         shared: SharedParts | None) -> RunResult:
     created = not distributed.dist.is_initialized()
     context, device = distributed.setup(config.device)
     try:
-        return _fit_process(config, resume, overwrite, progress, context, device)
+        return _fit_process(config, resume, overwrite, progress, context, device, shared)
     finally:
         distributed.teardown(context, created)
 
 
 def _fit_process(config: TrainConfig, resume: bool, overwrite: bool, progress: bool | None,
-                 context: distributed.DistContext, device: torch.device | None) -> RunResult:
+                 context: distributed.DistContext, device: torch.device | None,
+                 shared: SharedParts | None = None) -> RunResult:
     """One process's part of a run: the whole run, or one rank of a torchrun launch (every
     rank checks the input, so a bad one stops them all; rank 0 alone writes)."""
     out = Path(config.out) if config.out else default_out(config, resume)
@@ -120,7 +123,7 @@ def _fit_process(config: TrainConfig, resume: bool, overwrite: bool, progress: b
         check_resume_config(out, config)
     if config.tensorboard:
         check_tensorboard()
-    parts = build(config, device, context)
+    parts = build(config, device, context, shared)
     distributed.barrier()  # rank 0 checked the folder before it may change it
     if context.is_main:
         run = RunDir.prepare(out, resume, overwrite)

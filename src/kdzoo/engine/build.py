@@ -22,6 +22,7 @@ from ..models.features import check_request
 from ..seeding import seeded
 from ..teachers import checkpoint_file
 from .cache import TeacherCache
+from .shared import SharedParts, data_key, frozen_key
 from .step import StepModule
 from .teacher import TeacherRunner
 
@@ -154,6 +155,21 @@ def build_network(config: TrainConfig, data: ImageDataset, role: Role) -> Featur
     return network
 
 
+def frozen_network(config: TrainConfig, data: ImageDataset, loader: BatchLoader, role: Role,
+                   device: torch.device, dtype: torch.dtype,
+                   memory_format: torch.memory_format) -> tuple[FeatureNet, int]:
+    """A frozen role's network on the device, its BatchNorms calibrated when it has no trained
+    weights, frozen; and the number of calibration batches (0: it had trained weights)."""
+    network = build_network(config, data, role).to(device=device, dtype=dtype,
+                                                   memory_format=memory_format)
+    section = role_config(config, role)
+    used = 0
+    if section.checkpoint is None and not section.pretrained:
+        used = calibrate_batchnorm(network, loader, config.seed)
+    freeze(network)
+    return network, used
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Eval mode and no gradients: a frozen teacher's weights and BatchNorm statistics never
     change."""
@@ -225,19 +241,19 @@ def wrap_ddp(step: StepModule, device: torch.device, stages: list[Stage]) -> tor
 
 
 def build(config: TrainConfig, device: torch.device | None = None,
-          dist: DistContext = SINGLE) -> Components:
+          dist: DistContext = SINGLE, shared: SharedParts | None = None) -> Components:
     """Everything a run needs, on its device (``device`` overrides ``config.device``: torchrun's
-    ``cuda:LOCAL_RANK``); raises a one-line error for any bad input."""
+    ``cuda:LOCAL_RANK``); raises a one-line error for any bad input. ``shared`` keeps the
+    dataset and the frozen networks for other runs built in this process."""
     check_distributed(config, dist)
     device = device if device is not None else resolve_device(config.device)
     if config.precision == "float64" and device.type != "cpu":
         raise ConfigError("--precision float64 runs on the CPU only: use --device cpu")
     dtype = run_dtype(config)
     check_amp(config, device)
-    data = load_run_data(config)
+    shared = shared or SharedParts()
+    data = shared.get("data", data_key(config), lambda: load_run_data(config))
     method_cls = METHODS.get(config.method.name)
-    networks = {role.name: build_network(config, data, role) for role in method_cls.roles}
-    check_features(method_cls, config, networks)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     chunk = inference_chunk(config, device)
     streaming = getattr(data, "streaming", False)  # decoded per batch from image files
@@ -245,15 +261,19 @@ def build(config: TrainConfig, device: torch.device | None = None,
     loader = loader_class(data, config.optim.batch_size, device,  # type: ignore[arg-type]
                           channels_last=config.channels_last,
                           eval_batch_size=config.eval_batch_size or chunk, dtype=dtype)
-    calibrated = {}
+    networks: dict[str, FeatureNet] = {}
+    calibrated: dict[str, int] = {}
     for role in method_cls.roles:
-        network = networks[role.name].to(device=device, dtype=dtype,
-                                         memory_format=memory_format)
-        if not role.trainable:
-            section = role_config(config, role)
-            if section.checkpoint is None and not section.pretrained:
-                calibrated[role.name] = calibrate_batchnorm(network, loader, config.seed)
-            freeze(network)
+        if role.trainable:
+            networks[role.name] = build_network(config, data, role).to(
+                device=device, dtype=dtype, memory_format=memory_format)
+            continue
+        networks[role.name], used = shared.get(
+            "frozen", frozen_key(config, role.source, device),
+            lambda: frozen_network(config, data, loader, role, device, dtype, memory_format))
+        if used:
+            calibrated[role.name] = used
+    check_features(method_cls, config, networks)
     infos = {name: net.feature_info for name, net in networks.items()}
     teacher = networks.get("teacher")
     ctx = MethodContext(
@@ -295,9 +315,11 @@ def build(config: TrainConfig, device: torch.device | None = None,
                               "cannot be cached: run without --teacher-cache")
         cache = TeacherCache.for_teacher(teacher, data, config.cache_dir,
                                          writable=dist.is_main)
-    runners = {role.name: TeacherRunner(networks[role.name], method.requests[role.name],
-                                        fold_bn=config.fold_teacher_bn, compile=config.compile,
-                                        memory_format=memory_format, chunk=chunk)
+    runners = {role.name: TeacherRunner(
+        networks[role.name], method.requests[role.name], fold_bn=config.fold_teacher_bn,
+        compile=config.compile, memory_format=memory_format, chunk=chunk,
+        module=None if config.compile else shared.fast_module(
+            networks[role.name], config.fold_teacher_bn, memory_format))
                for role in method_cls.frozen_roles()}
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark

@@ -89,16 +89,27 @@ def fold_batchnorm(model: FeatureNet) -> nn.Module:
     return traced.eval().requires_grad_(False)
 
 
+def fast_module(teacher: FeatureNet, fold_bn: bool = True,
+                memory_format: torch.memory_format = torch.contiguous_format) -> nn.Module:
+    """The frozen module the fast path runs: ``teacher``'s ``forward_features`` with its
+    BatchNorms folded (``fold_bn``), in ``memory_format``. It never changes, so runs built in
+    one process may share it (:class:`~kdzoo.engine.shared.SharedParts`)."""
+    model = fold_batchnorm(teacher) if fold_bn else _ForwardFeatures(teacher)
+    return model.to(memory_format=memory_format)
+
+
 class TeacherRunner:
-    """Calls the frozen teacher for a fixed request, as fast as it may."""
+    """Calls the frozen teacher for a fixed request, as fast as it may (``module``: a
+    :func:`fast_module` of the teacher made before, to share)."""
 
     def __init__(self, teacher: FeatureNet, request: FeatureRequest, *, fold_bn: bool = True,
                  compile: bool = False, memory_format: torch.memory_format =
-                 torch.contiguous_format, chunk: int | None = None) -> None:
+                 torch.contiguous_format, chunk: int | None = None,
+                 module: nn.Module | None = None) -> None:
         self.request = request
         self.chunk = chunk
-        model = fold_batchnorm(teacher) if fold_bn else _ForwardFeatures(teacher)
-        self.model = model.to(memory_format=memory_format)
+        self.model = module if module is not None else fast_module(teacher, fold_bn,
+                                                                   memory_format)
         raw: Callable[[Tensor], RawFeatures] = self.model
         if compile:
             import torch._inductor.config as inductor_config

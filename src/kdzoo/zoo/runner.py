@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..engine import SharedParts, fit
 from ..engine.rundir import LOG, run_status
 from ..errors import KdzooError
 from ..io import atomic_write_json, atomic_write_text
@@ -97,14 +98,13 @@ def last_log_line(run: RunPlan, fallback: str = "") -> str:
     return fallback or (lines[-1] if lines else "(no log)")
 
 
-def _in_process(run: RunPlan) -> Outcome:
+def _in_process(run: RunPlan, shared: SharedParts) -> Outcome:
     """The run through the Python API, in this process (under the run context that restores
-    every process-global setting afterwards)."""
-    from ..engine import fit
-
+    every process-global setting afterwards), sharing datasets and frozen teachers with the
+    grid's other runs."""
     start = time.perf_counter()
     try:
-        fit(run.config, resume=status(run) == "interrupted", progress=False)
+        fit(run.config, resume=status(run) == "interrupted", progress=False, shared=shared)
     except KdzooError as exc:  # bad input or a failed run: one line, as the CLI would print
         return Outcome(run, False, time.perf_counter() - start, str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug in one run must not stop the grid
@@ -153,8 +153,9 @@ def run_grid(grid: Grid, jobs: int = 1, report: Callable[[str], None] = log.info
            f"{len(pending)} to run" + (f" ({jobs} at once)" if jobs > 1 and pending else ""))
     state = _Progress(grid, pending, report)
     if jobs == 1 and nproc == 1:
+        shared = SharedParts()
         while (run := state.next_ready()) is not None:
-            state.finish(_in_process(run))
+            state.finish(_in_process(run, shared))
         return state.outcomes
     slots = list(range(jobs))
     running: dict[Future, int] = {}
