@@ -19,6 +19,7 @@ Values are checked when a section is built (ranges here; names against the regis
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -284,6 +285,7 @@ def flat_items(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 OPEN_SECTIONS = {"method": MethodConfig, "data": DataConfig}
 
 
+@functools.lru_cache(maxsize=None)
 def changes_result(key: str) -> bool:
     """Whether the setting ``key`` (dotted, as in config.yaml: ``optim.lr``, ``data.data_dir``,
     ``method.weight``) can change a run's result. Unknown keys are taken to (the safe side)."""

@@ -13,6 +13,8 @@ Unknown keys and values of the wrong type are errors (with "did you mean"), neve
 """
 from __future__ import annotations
 
+import copy
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,6 +57,11 @@ def default_settings(method: str, student: str, data: str) -> dict[str, Any]:
     """The result settings (:meth:`TrainConfig.result_settings`) of a plain run of ``method``
     on ``student`` and ``data``: defaults, the default preset and the recipes that apply; what
     a grid compares a run with to name what is particular about it."""
+    return copy.deepcopy(_default_settings(method, student, data))
+
+
+@lru_cache(maxsize=None)
+def _default_settings(method: str, student: str, data: str) -> dict[str, Any]:
     merged = _layered([{"method": {"name": method}, "student": {"name": student},
                         "data": {"name": data}}])
     return build_section(TrainConfig, merged, "", method_params).result_settings()
