@@ -127,3 +127,19 @@ def test_a_resume_that_changes_the_result_is_refused(tmp_path, monkeypatch):
         fit(changed, resume=True)
     message = str(caught.value)
     assert "optim.lr (0.1 in the run, 0.5 now)" in message and "\n" not in message
+
+
+def test_stage_nodes_name_a_foreign_networks_stages(shared_parts):
+    from kdzoo.engine import build
+
+    with pytest.raises(ConfigError, match="student.stage_nodes applies to torchvision/ and timm/"):
+        st_config(student={"name": "resnet8", "stage_nodes": ["layer1"]})
+    config = resolve_config(assignments=["teacher.stage_nodes=[layer3, layer4]"], overrides={
+        "method": {"name": "st"}, "student": {"name": "resnet8"},
+        "teacher": {"name": "torchvision/resnet18", "untrained": True},
+        "data": {"name": "synthetic", "train_size": 16, "test_size": 8},
+        "optim": {"batch_size": 16}})
+    assert config.teacher.stage_nodes == ("layer3", "layer4")
+    teacher = build(config, shared=shared_parts).networks["teacher"]
+    assert [(s.channels, s.reduction) for s in teacher.feature_info.stages] == [(256, 16),
+                                                                               (512, 32)]
