@@ -354,8 +354,7 @@ def test_dml_summed_backward_equals_the_reference_two_backwards(make_config, tmp
     parts = build(dml_config(make_config))
     trainer = Trainer(parts, RunDir.prepare(tmp_path / "steps"), progress=False)
     stage = parts.stages[0]
-    parts.student.train()
-    parts.networks["peer"].train()
+    trainer.begin_epoch(stage, parts.config.optim.lr)  # both networks in training mode
     batch = next(parts.loader.train_batches(0, 1))
     terms, _ = trainer.step_terms(batch, stage, 1, 0)
     assert set(terms) == {"ce", "peer_ce", "dml", "peer_dml"}

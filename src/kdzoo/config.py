@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import yaml
 
 from .errors import ConfigError
+from .layers import flatten
 from .registry import did_you_mean
 
 #: Field metadata of a setting that cannot change a result (where and how fast a run runs).
@@ -250,7 +251,7 @@ class TrainConfig:
 
     def result_settings(self) -> dict[str, Any]:
         """``{"optim.lr": 0.1, ...}``: every setting that can change the result."""
-        return {k: v for k, v in flat_items(self.to_dict()).items() if changes_result(k)}
+        return {k: v for k, v in flatten(self.to_dict()).items() if changes_result(k)}
 
 
 def _plain(value: Any) -> Any:
@@ -267,17 +268,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def flat_items(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested keys joined by dots (a config dict's settings, one per key)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            flat.update(flat_items(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 #: The sections whose other keys are not fields: the method's hyper-parameters and the dataset's

@@ -18,10 +18,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import MethodParams, TrainConfig, build_section, changes_result, flat_items
+from .config import MethodParams, TrainConfig, build_section, changes_result
 from .data.base import DATASETS
 from .errors import ConfigError, KdzooError
-from .layers import deep_merge, load_preset, load_yaml_file, parse_set
+from .layers import deep_merge, flatten, load_preset, load_yaml_file, parse_set
 from .methods import METHODS
 from .models import model_factory
 from .recipes import recipe_layer
@@ -148,7 +148,7 @@ def result_differences(saved: Mapping[str, Any], current: TrainConfig) -> list[s
     try:
         old = config_from_dict(saved).result_settings()
     except KdzooError:  # written by another kdzoo, or for a method it no longer has
-        old = {k: v for k, v in flat_items(saved).items() if changes_result(k)}
+        old = {k: v for k, v in flatten(saved).items() if changes_result(k)}
     new = current.result_settings()
     return [f"{k} ({old.get(k)!r} in the run, {new.get(k)!r} now)"
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]

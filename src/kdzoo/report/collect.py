@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from ..config import changes_result, flat_items
+from ..config import changes_result
+from ..layers import flatten
 from ..engine.rundir import CONFIG, SUMMARY, read_summary, run_status
 from ..errors import KdzooError
 
@@ -92,7 +93,7 @@ def collect(paths: list[str | Path]) -> list[Run]:
 def settings_of(run: Run) -> dict[str, Any]:
     """The run's settings that make it a row of its own: every setting that can change a
     result (:func:`kdzoo.config.changes_result`) but the seed, which rows average over."""
-    return {k: v for k, v in flat_items(run.config).items()
+    return {k: v for k, v in flatten(run.config).items()
             if changes_result(k) and k != "seed"}
 
 
