@@ -11,7 +11,7 @@ from torch import nn
 
 import kdzoo
 from kdzoo.engine import RunDir, Trainer, build, read_metrics, read_summary
-from kdzoo.engine.evaluate import evaluate
+from kdzoo.metrics import evaluate
 from kdzoo.errors import CheckpointError, ConfigError, KdzooError
 from kdzoo.functional import match_spatial_size
 from kdzoo.functional.feature_kd import (hierarchical_context_loss, inter_channel_correlation,

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from kdzoo.cli import _Parser
+from kdzoo.cli.teachers import add_teachers_parser, cmd_teachers
 from kdzoo.data import BatchLoader, load_dataset
 from kdzoo.engine import evaluate
 from kdzoo.errors import CheckpointError, ConfigError, KdzooError
 from kdzoo.models import create_model, export_model
-from kdzoo.teachers import (add_teachers_parser, check_teacher_fits, cmd_teachers,
-                            default_store, import_teachers, is_teacher_spec, list_teachers,
-                            resolve_teacher, teacher_entry, verify_teachers)
+from kdzoo.teachers import (check_teacher_fits, default_store, import_teachers, is_teacher_spec,
+                            list_teachers, resolve_teacher, teacher_entry, verify_teachers)
 
 SYNTH = {"num_classes": 100, "train_size": 8, "test_size": 200, "image_size": 16}
 

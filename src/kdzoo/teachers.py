@@ -1,4 +1,5 @@
-"""A local, checksummed store of trained teachers (``kdzoo teachers import|list|verify``).
+"""A local, checksummed store of trained teachers (the command is ``kdzoo teachers
+import|list|verify``: :mod:`kdzoo.cli.teachers`).
 
 The store (``$KDZOO_TEACHERS``, else ``default_cache_dir() / "teachers"``, or ``store=``) holds
 copies of the checkpoints under ``files/`` (a user's file is only read) and an index
@@ -24,7 +25,6 @@ nothing.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -37,10 +37,11 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from .version import __version__
+from .environment import default_cache_dir, resolve_device
 from .errors import CheckpointError, ConfigError, DatasetError, KdzooError
 from .io import atomic_write_json
 from .registry import did_you_mean
+from .version import __version__
 
 log = logging.getLogger("kdzoo")
 
@@ -57,16 +58,16 @@ def default_store() -> Path:
     """``$KDZOO_TEACHERS``, else ``default_cache_dir() / "teachers"``."""
     if os.environ.get("KDZOO_TEACHERS"):
         return Path(os.environ["KDZOO_TEACHERS"]).expanduser()
-    from .engine.cache import default_cache_dir
-
     return default_cache_dir() / "teachers"
 
 
-def _root(store: str | Path | None) -> Path:
+def store_root(store: str | Path | None = None) -> Path:
+    """The store folder: ``store``, else :func:`default_store`."""
     return default_store() if store is None else Path(store).expanduser()
 
 
-def _cmd(command: str, store: str | Path | None) -> str:
+def command_hint(command: str, store: str | Path | None = None) -> str:
+    """The ``kdzoo teachers COMMAND`` a message suggests, with the same ``--store``."""
     return f"`kdzoo teachers {command}{'' if store is None else f' --store {store}'}`"
 
 
@@ -228,7 +229,7 @@ def import_teachers(path: str | Path, store: str | Path | None = None, dataset: 
     The same file (sha256) under an existing name is a no-op (or repairs a damaged stored
     copy); another file under an existing name is refused unless ``overwrite``. ``model`` and
     ``name`` need exactly one teacher in ``path``. Returns the entries of ``path``'s teachers."""
-    src, root = Path(path).expanduser(), _root(store)
+    src, root = Path(path).expanduser(), store_root(store)
     if not src.exists():
         raise CheckpointError(f"{src} does not exist: give a checkpoint file, a folder of "
                               "<arch>_vanilla teachers, or cifar_teachers.tar")
@@ -316,8 +317,8 @@ def _check(item: dict[str, Any], arch: str, data_name: str, header: dict[str, An
     scores: dict[str, Any] = {"top1": None, "top5": None}
     if data is not None:
         from .data import BatchLoader
-        from .engine import evaluate
-        from .engine.build import freeze, resolve_device
+        from .metrics import evaluate
+        from .models.features import freeze
 
         dev = resolve_device(device)
         scores = evaluate(freeze(net).to(dev), BatchLoader(data, 256, dev))
@@ -364,12 +365,12 @@ def _commit(root: Path, entries: dict[str, dict[str, Any]],
 
 def list_teachers(store: str | Path | None = None) -> list[dict[str, Any]]:
     """The index's entries, sorted by name."""
-    return sorted(_read_index(_root(store)), key=lambda e: e["name"])
+    return sorted(_read_index(store_root(store)), key=lambda e: e["name"])
 
 
 def verify_teachers(store: str | Path | None = None) -> list[dict[str, Any]]:
     """[{name, file, status}], status ``ok``, ``mismatch`` (sha256 differs) or ``missing``."""
-    root = _root(store)
+    root = store_root(store)
     report = []
     for entry in list_teachers(store):
         path = _entry_path(root, entry)
@@ -394,17 +395,18 @@ def teacher_entry(spec: str, store: str | Path | None = None) -> dict[str, Any]:
         if entry["name"] == name:
             return entry
     hint = did_you_mean(name, [e["name"] for e in entries])
-    raise CheckpointError(f"no teacher '{name}' in the store {_root(store)}{hint}: "
-                          f"{_cmd('list', store)} shows them, {_cmd('import PATH', store)} "
-                          "adds one")
+    raise CheckpointError(f"no teacher '{name}' in the store {store_root(store)}{hint}: "
+                          f"{command_hint('list', store)} shows them, "
+                          f"{command_hint('import PATH', store)} adds one")
 
 
 def resolve_teacher(spec: str, store: str | Path | None = None) -> Path:
     """The stored file of ``teachers:<name>``, after checking its sha256 against the index."""
     entry = teacher_entry(spec, store)
-    path = _entry_path(_root(store), entry)
-    fix = (f"run {_cmd('verify', store)}, then "
-           f"{_cmd('import ' + (entry.get('archive') or entry['source']), store)} to restore it")
+    path = _entry_path(store_root(store), entry)
+    source = entry.get("archive") or entry["source"]
+    fix = (f"run {command_hint('verify', store)}, then "
+           f"{command_hint('import ' + source, store)} to restore it")
     if not path.is_file():
         raise CheckpointError(f"stored teacher '{entry['name']}' lacks its file {path}: {fix}")
     actual = file_sha256(path)
@@ -442,69 +444,3 @@ def checkpoint_file(checkpoint: str | Path | None, model_name: str, num_classes:
     assert isinstance(checkpoint, str)
     check_teacher_fits(teacher_entry(checkpoint), model_name, num_classes, in_chans)
     return resolve_teacher(checkpoint)
-
-
-# ---- command line -----------------------------------------------------------------------------
-
-def add_teachers_parser(subparsers: Any) -> None:
-    """``kdzoo teachers import PATH ...``, ``kdzoo teachers list``, ``kdzoo teachers verify``."""
-    p = subparsers.add_parser("teachers", help="a local, checksummed store of trained teachers",
-                              description="Import teachers (a checkpoint, an mdistiller folder "
-                                          "or cifar_teachers.tar), list and verify them; a run "
-                                          "uses one as --teacher-checkpoint teachers:NAME.")
-    actions = p.add_subparsers(dest="teachers_command", metavar="ACTION", required=True)
-    imp = actions.add_parser("import", help="copy teachers into the store, checked and tested")
-    imp.add_argument("path", metavar="PATH", help="a checkpoint file, a folder of "
-                     "<arch>_vanilla/ckpt_epoch_240.pth, or cifar_teachers.tar")
-    imp.add_argument("--dataset", help="its dataset (default: from the file; cifar100 for "
-                                       "mdistiller's layout)")
-    imp.add_argument("--data-dir", metavar="DIR", help="where the dataset's files are")
-    imp.add_argument("--model", help="model name (default: from the file or its folder)")
-    imp.add_argument("--name", help="store it under this name (default MODEL/DATASET)")
-    imp.add_argument("--num-classes", type=int, help="classes (default: file's or dataset's)")
-    imp.add_argument("--no-eval", action="store_true", help="do not measure test accuracy")
-    imp.add_argument("--overwrite", action="store_true", help="replace a teacher of that name")
-    imp.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    imp.add_argument("--trust-checkpoint", action="store_true",
-                     help="allow files that need full unpickling (only files you trust)")
-    parsers = [imp, actions.add_parser("list", help="the stored teachers"),
-               actions.add_parser("verify", help="recheck every stored file's sha256")]
-    for parser in parsers:
-        parser.add_argument("--store", metavar="DIR", help="the store folder (default "
-                            "$KDZOO_TEACHERS or ~/.cache/kdzoo/teachers)")
-
-
-def cmd_teachers(args: argparse.Namespace) -> int:
-    """Run ``kdzoo teachers ACTION``: 0 on success, 1 when verify finds a damaged teacher."""
-    from .catalog import _table
-
-    if args.teachers_command == "import":
-        if args.num_classes is not None and args.num_classes < 1:
-            raise ConfigError(f"--num-classes must be positive, got {args.num_classes}")
-        entries = import_teachers(args.path, args.store, args.dataset, args.data_dir, args.model,
-                                  args.name, not args.no_eval, args.device,
-                                  overwrite=args.overwrite, num_classes=args.num_classes,
-                                  trust_checkpoint=args.trust_checkpoint)
-        log.info("%d teacher(s) of %s in %s; a run uses one as --teacher-checkpoint teachers:%s",
-                 len(entries), args.path, _root(args.store), entries[0]["name"])
-        return 0
-    if args.teachers_command == "list":
-        entries = list_teachers(args.store)
-        if not entries:
-            print(f"no teachers in {_root(args.store)}: add some with "
-                  f"{_cmd('import PATH', args.store)}")
-            return 0
-        print(_table(["name", "model", "dataset", "test top-1", "sha256", "source"],
-                     [[e["name"], e["model"], e["dataset"], "-" if e.get("test_top1") is None
-                       else f"{e['test_top1']:.2f}", e["sha256"][:12], e["source"]]
-                      for e in entries]))
-        return 0
-    report = verify_teachers(args.store)
-    print(_table(["name", "status", "file"], [[r["name"], r["status"], r["file"]]
-                                              for r in report]) if report else
-          f"no teachers in {_root(args.store)}")
-    failed = [r["name"] for r in report if r["status"] != "ok"]
-    if failed:
-        log.error("%d stored teacher(s) failed the check (%s): import each again from its "
-                  "source (`kdzoo teachers list`) to restore it", len(failed), ", ".join(failed))
-    return 1 if failed else 0

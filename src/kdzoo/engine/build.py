@@ -15,10 +15,11 @@ from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.imagefolder import StreamingLoader
 from ..data.split import carve_validation, subset_training
 from ..distributed import SINGLE, DistContext, check_batch, convert_sync_batchnorm
+from ..environment import resolve_device
 from ..errors import ConfigError
 from ..methods import METHODS, Method, MethodContext
 from ..models import FeatureNet, create_model, load_weights
-from ..models.features import check_request
+from ..models.features import check_request, freeze
 from ..seeding import seeded
 from ..teachers import checkpoint_file
 from .cache import TeacherCache
@@ -105,19 +106,6 @@ def inference_chunk(config: TrainConfig, device: torch.device) -> int | None:
     return CPU_INFERENCE_CHUNK if device.type == "cpu" else None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device '{name}': use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but no CUDA GPU is available: use "
-                          "--device cpu (or auto)")
-    return device
-
-
 def role_config(config: TrainConfig, role: Role) -> TeacherConfig:
     """The config section that names ``role``'s model (frozen teachers and trained peers)."""
     return getattr(config, role.source)
@@ -168,14 +156,6 @@ def frozen_network(config: TrainConfig, data: ImageDataset, loader: BatchLoader,
         used = calibrate_batchnorm(network, loader, config.seed)
     freeze(network)
     return network, used
-
-
-def freeze(model: torch.nn.Module) -> torch.nn.Module:
-    """Eval mode and no gradients: a frozen teacher's weights and BatchNorm statistics never
-    change."""
-    model.eval()
-    model.requires_grad_(False)
-    return model
 
 
 @torch.no_grad()

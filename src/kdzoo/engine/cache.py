@@ -30,14 +30,11 @@ import torch
 from torch import Tensor
 
 from ..data.base import AugmentSpec, ImageDataset
+from ..environment import default_cache_dir
 from ..errors import ConfigError, KdzooError
 from ..models.features import FeatureNet
 
 CACHE_FORMAT = "kdzoo-teacher-cache/1"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("KDZOO_CACHE", Path.home() / ".cache" / "kdzoo"))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from ..data.loader import Batch
 from ..core import Stage
 from ..models import Features
 from .build import Components
-from .evaluate import accuracy_of_logits, evaluate, topk_correct
+from ..metrics import accuracy_of_logits, evaluate, topk_correct
 from .guard import NonFiniteError, NonFiniteGuard
 from .dot import DistillationOrientedSGD, is_task_term
 from .records import check_finite, epoch_line, epoch_record, upgrade_record

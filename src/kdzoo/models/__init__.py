@@ -6,7 +6,7 @@ import pkgutil
 
 from .checkpoint import export_model, load_weights, read_checkpoint_file
 from .features import (FeatureInfo, FeatureNet, FeatureRequest, Features, StageInfo,
-                       count_parameters, feature_shapes)
+                       count_parameters, feature_shapes, freeze)
 from .registry import MODELS, create_model, list_models, model_factory, register_model
 
 _FRAMEWORK = {"checkpoint", "features", "registry"}
@@ -25,6 +25,7 @@ __all__ = [
     "create_model",
     "export_model",
     "feature_shapes",
+    "freeze",
     "list_models",
     "load_weights",
     "model_factory",

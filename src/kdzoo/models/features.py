@@ -236,3 +236,11 @@ __all__ = ["FeatureInfo", "FeatureNet", "FeatureRequest", "Features", "RawFeatur
            "StageInfo", "check_request", "count_parameters", "feature_shapes",
            "missing_features", "select"]
 
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: a frozen teacher's weights and BatchNorm statistics never
+    change."""
+    model.eval()
+    model.requires_grad_(False)
+    return model

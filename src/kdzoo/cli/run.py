@@ -1,37 +1,21 @@
-"""The ``kdzoo`` command line. ``main(argv)`` returns the exit status, so tests can call it.
-
-Exit status 0 on success, 2 for bad input: every user error is one line on stderr naming the
-problem and the fix, without a traceback.
-"""
+"""``kdzoo train``, ``kdzoo eval`` and ``kdzoo cache-teacher``, and the run options that
+``kdzoo train`` and ``kdzoo zoo`` share (:func:`add_run_options`, :func:`run_overrides`)."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .version import __version__
-from .errors import KdzooError
-from .teachers import add_teachers_parser, cmd_teachers
-from .zoo.commands import (add_plot_parser, add_report_parser, add_zoo_parser, cmd_plot,
-                           cmd_report, cmd_zoo)
+from ..errors import KdzooError
 
 log = logging.getLogger("kdzoo")
 
 
-class UsageError(KdzooError):
-    """Bad command-line syntax (argparse's complaint, as one line)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def _add_train_parser(sub: Any) -> None:
+def add_train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train a network, or distil a teacher into a student",
                        description="Train a student with a distillation method. Flags override "
                                    "--config, which overrides --preset; --set key=value "
@@ -155,9 +139,9 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .spec import resolve_config
-    from .distributed import launched_rank
-    from .engine import fit
+    from ..spec import resolve_config
+    from ..distributed import launched_rank
+    from ..engine import fit
 
     config_file = args.config
     if args.resume and config_file is None and args.out is not None:
@@ -176,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_eval_parser(sub: Any) -> None:
+def add_eval_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="test a trained model on a dataset's test split")
     p.add_argument("--model", required=True, help="model name (`kdzoo list models`)")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
@@ -194,10 +178,10 @@ def _trained_model_and_data(args: argparse.Namespace, model_name: str,
                             checkpoint: str) -> tuple[Any, Any, torch.device]:
     """(model with its weights, dataset, device) for eval and cache-teacher, checking the
     cheap inputs before loading anything."""
-    from .data import load_dataset
-    from .engine.build import freeze, resolve_device
-    from .models import create_model, model_factory
-    from .teachers import checkpoint_file
+    from ..data import load_dataset
+    from ..environment import resolve_device
+    from ..models import create_model, freeze, model_factory
+    from ..teachers import checkpoint_file
 
     model_factory(model_name)
     if args.batch_size < 1:
@@ -211,8 +195,8 @@ def _trained_model_and_data(args: argparse.Namespace, model_name: str,
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import BatchLoader
-    from .engine import evaluate
+    from ..data import BatchLoader
+    from ..metrics import evaluate
 
     model, data, device = _trained_model_and_data(args, args.model, args.checkpoint)
     result = evaluate(model, BatchLoader(data, args.batch_size, device))
@@ -221,37 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_list_parser(sub: Any) -> None:
-    p = sub.add_parser("list", help="list models, methods, datasets or presets")
-    p.add_argument("what", choices=["models", "methods", "datasets", "presets", "grids"])
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from .catalog import describe
-
-    print(describe(args.what))
-    return 0
-
-
-def _add_demo_parser(sub: Any) -> None:
-    p = sub.add_parser("demo", help="a small distillation on the embedded digits data "
-                                    "(teacher, baseline student, distilled student)")
-    p.add_argument("--out", metavar="DIR", default="runs/demo",
-                   help="the demo's zoo folder (its finished runs are reused when run again)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true",
-                   help="accepted for compatibility: the demo logs one line per epoch")
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    run_demo(args.out, epochs=args.epochs, seed=args.seed)
-    return 0
-
-
-def _add_cache_parser(sub: Any) -> None:
+def add_cache_parser(sub: Any) -> None:
     p = sub.add_parser("cache-teacher",
                        help="compute a teacher's logits for every augmented training view once, "
                             "for all later runs with --teacher-cache")
@@ -271,10 +225,10 @@ def _add_cache_parser(sub: Any) -> None:
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .engine.build import CPU_INFERENCE_CHUNK
-    from .engine.cache import TeacherCache, fill_cache
-    from .engine.teacher import TeacherRunner
-    from .models import FeatureRequest
+    from ..engine.build import CPU_INFERENCE_CHUNK
+    from ..engine.cache import TeacherCache, fill_cache
+    from ..engine.teacher import TeacherRunner
+    from ..models import FeatureRequest
 
     teacher, data, device = _trained_model_and_data(args, args.teacher, args.teacher_checkpoint)
     cache = TeacherCache.for_teacher(teacher, data, args.cache_dir)
@@ -291,130 +245,3 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     log.info("computed %d teacher forwards; the cache is complete: use --teacher-cache "
              "(with the same --cache-dir) in kdzoo train", computed)
     return 0
-
-
-def _add_bench_parser(sub: Any) -> None:
-    from .bench.run import CASES, BenchOptions
-
-    d = BenchOptions()
-    p = sub.add_parser("bench", help="measure kdzoo's training step against the conventional "
-                                     "loop of the other zoos, in one process")
-    p.add_argument("--cases", default=",".join(d.cases),
-                   help=f"comma-separated, from {', '.join(CASES)} (default: all)")
-    p.add_argument("--teacher", default=d.teacher)
-    p.add_argument("--student", default=d.student)
-    p.add_argument("--batch-size", type=int, help="default 128 (64 for crd)")
-    p.add_argument("--steps", type=int, default=d.steps, help="timed steps per round and side")
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--images", type=int, default=d.images, help="training images written")
-    p.add_argument("--test-images", type=int, default=d.test_images)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--compile", action="store_true",
-                   help="also time kdzoo with --compile (a third side)")
-    p.add_argument("--amp", choices=["bf16", "fp16"],
-                   help="also time kdzoo with --amp (another side)")
-    p.add_argument("--epoch", action="store_true",
-                   help="also time a whole epoch plus evaluation on each side")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--workdir", metavar="DIR", help="folder for the temporary data")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.run import CASES, BenchOptions, run_bench
-    from .registry import did_you_mean
-
-    cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
-    for case in cases:
-        if case not in CASES:
-            raise KdzooError(f"unknown bench case '{case}'{did_you_mean(case, list(CASES))}; "
-                             f"cases: {', '.join(CASES)}")
-    for name in ("steps", "rounds", "images", "test_images"):
-        if getattr(args, name) < 1:
-            raise KdzooError(f"--{name.replace('_', '-')} must be positive")
-    if args.json and Path(args.json).exists():
-        raise KdzooError(f"{args.json} exists; choose another --json file")
-    options = BenchOptions(cases=cases, teacher=args.teacher, student=args.student,
-                           batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
-                           warmup=args.warmup, images=args.images, test_images=args.test_images,
-                           device=args.device, compile=args.compile, amp=args.amp,
-                           epoch=args.epoch,
-                           threads=args.threads, workdir=args.workdir)
-    results = run_bench(options, report=log.info)
-    if args.json:
-        from .io import atomic_write_json
-
-        atomic_write_json(args.json, results)
-        log.info("results written to %s", args.json)
-    return 0
-
-
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "demo": cmd_demo,
-            "cache-teacher": cmd_cache_teacher, "bench": cmd_bench, "teachers": cmd_teachers,
-            "zoo": cmd_zoo, "report": cmd_report, "plot": cmd_plot}
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kdzoo", description="kdzoo: the knowledge-distillation zoo")
-    parser.add_argument("--version", action="version", version=f"kdzoo {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_train_parser, add_zoo_parser, add_report_parser, add_plot_parser,
-                _add_eval_parser, _add_list_parser, _add_demo_parser, _add_cache_parser,
-                _add_bench_parser, add_teachers_parser):
-        add(sub)
-    return parser
-
-
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is now (it may be replaced, e.g. by test capture)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
-
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value) -> None:  # noqa: ANN001
-        pass
-
-
-def _setup_logging(quiet: bool) -> None:
-    # --quiet silences the console only: the logger stays at INFO so that every run's log.txt
-    # (a file handler added for the run) is complete.
-    logger = logging.getLogger("kdzoo")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    handler = next((h for h in logger.handlers if isinstance(h, _StdoutHandler)), None)
-    if handler is None:
-        handler = _StdoutHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    handler.setLevel(logging.WARNING if quiet else logging.INFO)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the kdzoo command; returns the exit status (0 ok, 2 bad input)."""
-    parser = make_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        _setup_logging(args.quiet)
-        return COMMANDS[args.command](args)
-    except KdzooError as exc:
-        print(f"kdzoo: error: {exc}", file=sys.stderr)
-        return exc.exit_status
-    except SystemExit as exc:  # --help and --version exit through argparse
-        return int(exc.code or 0)
-    except KeyboardInterrupt:
-        print("kdzoo: interrupted; resume the run with --resume", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,12 @@
-"""Test-set evaluation: top-1/top-5 accuracy and cross-entropy, weighted by batch size."""
+"""Test-set evaluation: top-1/top-5 accuracy and cross-entropy, weighted by batch size (the
+training loop's, ``kdzoo eval``'s and the teacher store's import check)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.loader import BatchLoader
+from .data.loader import BatchLoader
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:

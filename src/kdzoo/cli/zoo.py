@@ -1,4 +1,5 @@
-"""The ``kdzoo zoo``, ``kdzoo report`` and ``kdzoo plot`` commands."""
+"""The ``kdzoo zoo``, ``kdzoo report`` and ``kdzoo plot`` commands (the grid and its runner are
+:mod:`kdzoo.zoo`; the tables and figures :mod:`kdzoo.report`)."""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..layers import deep_merge, parse_set
 from ..errors import KdzooError
-from .grid import Grid, expand, load_grid_spec
-from .runner import dry_run_commands, failure_lines, run_grid, write_grid
+from ..layers import deep_merge, parse_set
+from ..zoo.grid import Grid, expand, load_grid_spec
+from ..zoo.runner import dry_run_commands, failure_lines, run_grid, write_grid
+from .run import add_run_options, run_overrides
 
 log = logging.getLogger("kdzoo")
 
@@ -19,8 +21,6 @@ PLOT_FILES = {"accuracy.png", "terms.png", "results.png"}
 
 
 def add_zoo_parser(sub: Any) -> None:
-    from ..cli import add_run_options
-
     p = sub.add_parser(
         "zoo", help="run a grid of methods x (teacher, student) pairs x seeds",
         description="Run a grid from flags or a YAML grid (--grid FILE, or a packaged grid: "
@@ -49,8 +49,6 @@ def add_zoo_parser(sub: Any) -> None:
 
 def zoo_spec(args: argparse.Namespace) -> dict[str, Any]:
     """The grid of ``--grid`` (if any) with the flags on top."""
-    from ..cli import run_overrides
-
     spec: dict[str, Any] = dict(load_grid_spec(args.grid)) if args.grid else {}
     if args.methods:
         spec["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -1,8 +1,12 @@
-"""Human-readable tables of what kdzoo has (``kdzoo list ...``)."""
+"""``kdzoo list ...``: human-readable tables of what kdzoo has."""
 from __future__ import annotations
 
+import argparse
+from typing import Any
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns under a header and a rule of dashes."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
@@ -11,9 +15,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def describe_models() -> str:
-    from .models import create_model, list_models
-    from .models.features import count_parameters
-    from .models.registry import MODEL_FAMILIES
+    from ..models import create_model, list_models
+    from ..models.features import count_parameters
+    from ..models.registry import MODEL_FAMILIES
 
     rows = []
     for name in list_models():
@@ -25,7 +29,7 @@ def describe_models() -> str:
                      f"{count_parameters(create_model(name, num_classes=100)):,}",
                      f"{widths} (stride {strides})", _yes(all(s.preact for s in stages)),
                      _yes(all(s.bn_before_relu for s in stages))])
-    return _table(["model", "family", "params (10 cl.)", "params (100 cl.)", "stages",
+    return text_table(["model", "family", "params (10 cl.)", "params (100 cl.)", "stages",
                    "pre-act", "BN before ReLU"], rows)
 
 
@@ -34,43 +38,53 @@ def _yes(flag: bool) -> str:
 
 
 def describe_methods() -> str:
-    from .methods import METHODS, method_defaults
+    from ..methods import METHODS, method_defaults
 
     rows = []
     for name in METHODS.names():
         cls = METHODS.get(name)
         defaults = ", ".join(f"{k}={v}" for k, v in method_defaults(name).items()) or "-"
         rows.append([name, cls.paper, defaults, cls.url])
-    return _table(["method", "paper", "defaults", "link"], rows)
+    return text_table(["method", "paper", "defaults", "link"], rows)
 
 
 def describe_datasets() -> str:
-    from .data.base import DATASETS
+    from ..data.base import DATASETS
 
     rows = [[n, DATASETS.get(n).description, DATASETS.get(n).how_to_get] for n in DATASETS.names()]
-    return _table(["dataset", "what", "how to get it"], rows)
+    return text_table(["dataset", "what", "how to get it"], rows)
 
 
 def describe_presets() -> str:
-    from .layers import list_presets, load_preset
+    from ..layers import list_presets, load_preset
 
     rows = []
     for name in list_presets():
         o = load_preset(name).get("optim", {})
         rows.append([name, str(o.get("epochs")), str(o.get("batch_size")), str(o.get("lr")),
                      str(o.get("milestones")), str(o.get("weight_decay")), str(o.get("nesterov"))])
-    return _table(["preset", "epochs", "batch", "lr", "milestones", "weight decay", "nesterov"],
+    return text_table(["preset", "epochs", "batch", "lr", "milestones", "weight decay", "nesterov"],
                   rows)
 
 
 def describe_grids() -> str:
-    from .zoo.grid import load_grid_spec, packaged_grids
+    from ..zoo.grid import load_grid_spec, packaged_grids
 
     rows = [[name, str(load_grid_spec(name).get("description", ""))] for name in packaged_grids()]
-    return _table(["grid", "what (kdzoo zoo --grid NAME --out DIR)"], rows)
+    return text_table(["grid", "what (kdzoo zoo --grid NAME --out DIR)"], rows)
 
 
 def describe(what: str) -> str:
     return {"models": describe_models, "methods": describe_methods,
             "datasets": describe_datasets, "presets": describe_presets,
             "grids": describe_grids}[what]()
+
+
+def add_list_parser(sub: Any) -> None:
+    p = sub.add_parser("list", help="list models, methods, datasets or presets")
+    p.add_argument("what", choices=["models", "methods", "datasets", "presets", "grids"])
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print(describe(args.what))
+    return 0
