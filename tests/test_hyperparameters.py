@@ -8,10 +8,11 @@ import pytest
 import torch
 import yaml
 
+from kdzoo.spec import method_params
 from kdzoo.cli import main
 from kdzoo.engine import fit
 from kdzoo.errors import ConfigError
-from kdzoo.methods import method_defaults, resolve_method_params
+from kdzoo.methods import method_defaults
 
 
 def test_defaults_are_recorded_everywhere(make_config, tmp_path):
@@ -64,6 +65,6 @@ def test_a_run_recorded_without_defaults_still_resumes(make_config, tmp_path):
 
 def test_registry_gives_defaults_and_resolves():
     assert method_defaults("crd")["nce_k"] == 16384
-    assert resolve_method_params("crd", {"nce_k": 7})["nce_k"] == 7
+    assert method_params("crd", {"nce_k": 7}).to_dict()["nce_k"] == 7
     with pytest.raises(ConfigError, match="no hyper-parameter 'temprature'"):
-        resolve_method_params("st", {"temprature": 2})
+        method_params("st", {"temprature": 2}).to_dict()

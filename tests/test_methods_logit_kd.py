@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 import kdzoo
+from kdzoo.spec import method_params
 from kdzoo import functional as KF
 from kdzoo.data.loader import Batch
 from kdzoo.engine import build
 from kdzoo.errors import ConfigError
 from kdzoo.functional import logit_kd as LK
 from kdzoo.methods import (MethodContext, Stage, Step, create_method, get_method_class,
-                           method_defaults, resolve_method_params)
+                           method_defaults)
 from kdzoo.models import Features
 
 torch.set_num_threads(1)
@@ -185,7 +186,7 @@ def test_methods_without_warmup_are_full_from_the_first_epoch(method):
 ])
 def test_bad_values_are_refused_in_one_line(method, values, message):
     with pytest.raises(ConfigError) as caught:
-        resolve_method_params(method, values)
+        method_params(method, values).to_dict()
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
 
@@ -276,10 +277,10 @@ def test_sdd_term_is_the_functional_on_the_pyramid_logits(base, scales):
                                                           ("dkd", 1.0, 1.0, 20),
                                                           ("nkd", 1.0, 1.0, 20)])
 def test_sdd_per_base_defaults_and_warmup(base, ce_weight, weight, warmup):
-    assert resolve_method_params("sdd", {"base": base}) == {
+    assert method_params("sdd", {"base": base}).to_dict() == {
         **DEFAULTS["sdd"], "base": base, "ce_weight": ce_weight, "weight": weight,
         "warmup": warmup, **LOGIT_OPTIONS}
-    assert resolve_method_params("sdd", {"base": base, "weight": 3.0})["weight"] == 3.0
+    assert method_params("sdd", {"base": base, "weight": 3.0}).to_dict()["weight"] == 3.0
     ctx, student, teacher, images, labels, feats = sdd_setup(seed=1)
     m = create_method("sdd", ctx, base=base)
     assert m.stages(Stage("main", 240))[0].ce_weight == ce_weight

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import kdzoo
+from kdzoo.spec import method_params
 from kdzoo.data import randaugment as R
 from kdzoo.data.loader import Batch
 from kdzoo.errors import ConfigError
@@ -24,7 +25,6 @@ from kdzoo.methods import (
     Step,
     create_method,
     method_defaults,
-    resolve_method_params,
 )
 from kdzoo.methods._temperature import CurriculumTemperature, curriculum_lambda
 from kdzoo.methods.mlkd import confidence_masks
@@ -93,7 +93,7 @@ def test_defaults_are_the_references():
 ])
 def test_bad_hyper_parameters_are_refused_in_one_line(name, params, words):
     with pytest.raises(ConfigError) as caught:
-        resolve_method_params(name, params)
+        method_params(name, params).to_dict()
     assert words in str(caught.value) and "\n" not in str(caught.value)
 
 

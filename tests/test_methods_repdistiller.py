@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdzoo
+from kdzoo.spec import method_params
 from kdzoo.data.loader import Batch
 from kdzoo.errors import ConfigError
-from kdzoo.methods import (MethodContext, Stage, Step, create_method, method_defaults,
-                           resolve_method_params)
+from kdzoo.methods import (MethodContext, Stage, Step, create_method, method_defaults)
 from kdzoo.models.features import FeatureInfo, Features, StageInfo, select
 
 METHODS = ("crd", "fitnet", "at", "nst", "sp", "pkt")
@@ -125,10 +125,10 @@ def rep_conv_reg(regressor, x):
     ("nst", {"weight": 50.0}), ("sp", {"weight": 3000.0}), ("pkt", {"weight": 30000.0})])
 def test_repdistiller_values_are_given_when_unset(name, values):
     assert method_defaults(name)["variant"] == "reference"
-    effective = resolve_method_params(name, {"variant": "repdistiller"})
+    effective = method_params(name, {"variant": "repdistiller"}).to_dict()
     assert effective == {**values, "variant": "repdistiller"}
-    assert resolve_method_params(name, {"variant": "repdistiller", "weight": 2.5})["weight"] == 2.5
-    reference = resolve_method_params(name, {})
+    assert method_params(name, {"variant": "repdistiller", "weight": 2.5}).weight == 2.5
+    reference = method_params(name, {}).to_dict()
     assert reference == {**method_defaults(name)}  # the reference defaults are untouched
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdzoo
+from kdzoo.spec import method_params
 from kdzoo.data.loader import Batch
 from kdzoo.engine import RunDir, Trainer, build
 from kdzoo.errors import CheckpointError, ConfigError
@@ -135,7 +136,7 @@ def test_wkd_projectors_follow_the_spatial_sizes():
 ])
 def test_wkd_refuses_bad_settings_in_one_line(params, message):
     with pytest.raises(ConfigError) as caught:
-        kdzoo.methods.resolve_method_params("wkd", params)
+        method_params("wkd", params).to_dict()
     assert str(caught.value) == message
 
 
@@ -252,7 +253,7 @@ def test_catkd_refusals():
     with pytest.raises(ConfigError, match=r"cams_num must be in \[0, 9\] for strategy=bottom"):
         prepare("catkd", partial_cams=True, cams_num=10, strategy="bottom")
     with pytest.raises(ConfigError, match="resolution must be at least 1"):
-        kdzoo.methods.resolve_method_params("catkd", {"resolution": 0})
+        method_params("catkd", {"resolution": 0}).to_dict()
     info = FeatureInfo(stages=(StageInfo(8, 1),), pool=8, logits=10)  # no pre_pool
     with pytest.raises(ConfigError) as caught:
         check_request("catkd", "teacher", "tv", FeatureRequest(pre_pool=True), info)

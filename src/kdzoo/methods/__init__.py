@@ -7,7 +7,7 @@ import pkgutil
 from ..core import Role, Stage, Step
 from .base import Method, MethodContext, MethodParams
 from .registry import (METHODS, create_method, get_method_class, list_methods, method_defaults,
-                       register_method, resolve_method_params)
+                       register_method)
 
 _FRAMEWORK = {"base", "registry"}
 for _module in pkgutil.iter_modules(__path__):
@@ -27,5 +27,4 @@ __all__ = [
     "list_methods",
     "method_defaults",
     "register_method",
-    "resolve_method_params",
 ]

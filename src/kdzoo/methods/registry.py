@@ -34,12 +34,6 @@ def method_defaults(name: str) -> dict[str, Any]:
     return METHODS.get(name).Params().to_dict()
 
 
-def resolve_method_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The effective hyper-parameters: defaults updated with ``params`` (unknown keys, wrong
-    types and values out of range are refused in one line)."""
-    return METHODS.get(name).Params.build(name, params).to_dict()
-
-
 def create_method(name: str, ctx: MethodContext, **params: Any) -> Method:
     """Build method ``name`` for the networks described by ``ctx``."""
     cls = METHODS.get(name)
