@@ -3,6 +3,7 @@ import struct
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 
 import kdzoo
@@ -16,14 +17,17 @@ def random_images(n, channels=3, size=32, seed=0):
     return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=gen)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "constant"])
 @pytest.mark.parametrize("pad", [1, 4])
-def test_crop_equals_reflect_pad_then_slice(pad):
+def test_crop_equals_pad_then_slice(pad, mode):
+    """reflect: the reference zoo's Pad(4, reflect) + RandomCrop(32); constant: RepDistiller's
+    and mdistiller's RandomCrop(32, padding=4), zeros outside the image."""
     images = random_images(16, size=12)
     gen = torch.Generator().manual_seed(3)
     offsets = torch.randint(0, 2 * pad + 1, (16, 2), generator=gen)
     flips = torch.rand(16, generator=gen) < 0.5
-    out = crop_flip(images, offsets, flips, pad)
-    padded = F.pad(images.float(), (pad,) * 4, mode="reflect")
+    out = crop_flip(images, offsets, flips, pad, mode)
+    padded = F.pad(images.float(), (pad,) * 4, mode=mode)
     for i in range(16):
         y, x = offsets[i].tolist()
         expected = padded[i, :, y:y + 12, x:x + 12]
@@ -39,6 +43,42 @@ def test_flip_flips_and_centre_crop_is_identity():
     assert torch.equal(crop_flip(images, centre, None, 4), images)
     flipped = crop_flip(images, centre, torch.ones(4, dtype=torch.bool), 4)
     assert torch.equal(flipped, images.flip(-1))
+
+
+def test_the_presets_pad_and_normalise_as_their_authors(tmp_path):
+    """--preset repdistiller (and mdistiller) pad with zeros and use RepDistiller's CIFAR-100
+    constants; --preset reference pads with reflection and uses the reference zoo's; each run
+    records them in config.yaml."""
+    from kdzoo.cli import main
+    from kdzoo.engine import build
+    from kdzoo.spec import resolve_config
+
+    images, labels = random_images(40), torch.arange(40) % 100
+    write_cifar_folder(tmp_path / "data", "cifar100", images[:32], labels[:32], images[32:],
+                       labels[32:])
+    recorded = {}
+    for preset in ("reference", "repdistiller", "mdistiller"):
+        out = tmp_path / preset
+        assert main(["train", "--student", "resnet8", "--data", "cifar100", "--data-dir",
+                     str(tmp_path / "data"), "--preset", preset, "--epochs", "1",
+                     "--batch-size", "16", "--no-progress", "--out", str(out)]) == 0
+        recorded[preset] = yaml.safe_load((out / "config.yaml").read_text())["data"]
+    assert recorded["reference"]["padding_mode"] == "reflect"
+    assert recorded["reference"]["mean"] == [0.5071, 0.4865, 0.4409]
+    for preset in ("repdistiller", "mdistiller"):
+        assert recorded[preset]["padding_mode"] == "constant"
+        assert recorded[preset]["mean"] == [0.5071, 0.4867, 0.4408]
+        assert recorded[preset]["std"] == [0.2675, 0.2565, 0.2761]
+    # the zeros really reach the batches: a crop at the corner shows four black rows
+    parts = build(resolve_config(overrides={
+        "student": {"name": "resnet8"}, "preset": "repdistiller", "channels_last": False,
+        "data": {"name": "cifar100", "data_dir": str(tmp_path / "data")}}))
+    assert parts.data.augment.padding_mode == "constant"
+    black = parts.loader.normalize(torch.zeros(1, 3, 1, 1, dtype=torch.uint8)).flatten()
+    for batch in parts.loader.train_batches(0, 1):
+        for image, offset in zip(batch.images, batch.offsets, strict=True):
+            if int(offset[0]) == 0:  # the window starts 4 rows above the image
+                assert torch.allclose(image[:, :4], black.view(3, 1, 1).expand(3, 4, 32))
 
 
 def make_dataset(n=40, classes=4, spec=AugmentSpec(pad=4, flip=True)):

@@ -123,6 +123,13 @@ class DataConfig:
     download: bool = field(default=False, metadata=RUNTIME)
     val_split: float = 0.0  # held-out validation fraction of the training data (0: none)
     train_subset: int | None = None  # a stratified subset of the training images (quick runs)
+    #: the crop's padding, in torchvision's names: "reflect" (the reference zoo's) or "constant"
+    #: zeros (RepDistiller's, mdistiller's and most authors' RandomCrop(32, padding=4))
+    padding_mode: Literal["reflect", "constant"] = "reflect"
+    #: per-channel normalisation constants (None: the dataset's own); the presets set each
+    #: convention's own for CIFAR (their fourth decimals differ)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     #: the dataset's own options (written flat beside ``name``)
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -130,6 +137,13 @@ class DataConfig:
         if not 0 <= self.val_split < 1:
             raise ConfigError(f"--val-split must be a fraction in [0, 1), got {self.val_split}")
         _positive("data.", train_subset=self.train_subset)
+        if (self.mean is None) != (self.std is None) or \
+                (self.mean is not None and self.std is not None and
+                 len(self.mean) != len(self.std)):
+            raise ConfigError("data.mean and data.std go together, one value per channel each "
+                              f"(got {self.mean} and {self.std})")
+        if self.std is not None and not all(s > 0 for s in self.std):
+            raise ConfigError(f"data.std must be positive, got {list(self.std)}")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
 

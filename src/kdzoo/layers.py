@@ -23,11 +23,16 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
+    """Preset ``name``: ``{"settings": {...}, "datasets": {DATA: {...}}, "source": "..."}``, the
+    settings of every run and, per dataset, those on top for a run on it (normalisation
+    constants are a dataset's)."""
     if name not in list_presets():
         raise ConfigError(f"unknown preset '{name}'{did_you_mean(name, list_presets())}; "
                           f"presets: {', '.join(list_presets())}")
     text = (resources.files("kdzoo") / "configs" / "presets" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    found = yaml.safe_load(text) or {}
+    return {"settings": {k: v for k, v in found.items() if k not in ("datasets", "source")},
+            "datasets": found.get("datasets") or {}, "source": found.get("source", "")}
 
 
 def load_yaml_file(path: str | Path) -> dict[str, Any]:

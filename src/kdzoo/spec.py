@@ -76,7 +76,11 @@ def _layered(layers: list[dict[str, Any]]) -> dict[str, Any]:
     if preset is not None:
         if not isinstance(preset, str):
             raise ConfigError(f"config key 'preset' must be a string, got {preset!r}")
-        base = deep_merge(base, load_preset(preset))
+        settings = load_preset(preset)
+        base = deep_merge(base, settings["settings"])
+        # the preset's conventions for the run's dataset (CIFAR normalisation constants)
+        data_name = (_stack(base, layers).get("data") or {}).get("name")
+        base = deep_merge(base, settings["datasets"].get(data_name) or {})
     merged = _stack(base, layers)
     if merged.get("use_recipes", True) is not False:
         explicit: dict[str, Any] = {}

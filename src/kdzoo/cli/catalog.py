@@ -56,15 +56,24 @@ def describe_datasets() -> str:
 
 
 def describe_presets() -> str:
-    from ..layers import list_presets, load_preset
+    """Every setting of every preset: one row per setting, one column per preset."""
+    from ..layers import flatten, list_presets, load_preset
 
-    rows = []
-    for name in list_presets():
-        o = load_preset(name).get("optim", {})
-        rows.append([name, str(o.get("epochs")), str(o.get("batch_size")), str(o.get("lr")),
-                     str(o.get("milestones")), str(o.get("weight_decay")), str(o.get("nesterov"))])
-    return text_table(["preset", "epochs", "batch", "lr", "milestones", "weight decay", "nesterov"],
-                  rows)
+    presets = {name: load_preset(name) for name in list_presets()}
+    columns: dict[str, dict[str, str]] = {}
+    for name, preset in presets.items():
+        found = {k: _shown(v) for k, v in flatten(preset["settings"]).items()}
+        for data, extra in preset["datasets"].items():
+            found.update({f"{k} ({data})": _shown(v) for k, v in flatten(extra).items()})
+        columns[name] = found
+    keys = sorted({k for found in columns.values() for k in found})
+    rows = [[key, *(columns[name].get(key, "-") for name in presets)] for key in keys]
+    sources = "\n".join(f"{name}: {preset['source']}" for name, preset in presets.items())
+    return f"{text_table(['setting', *presets], rows)}\n\nsources:\n{sources}"
+
+
+def _shown(value: object) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def describe_grids() -> str:

@@ -172,22 +172,30 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--preset", help="whose crop padding and normalisation constants (default "
+                                    "reference; the runs' own preset)")
 
 
 def _trained_model_and_data(args: argparse.Namespace, model_name: str,
                             checkpoint: str) -> tuple[Any, Any, torch.device]:
     """(model with its weights, dataset, device) for eval and cache-teacher, checking the
     cheap inputs before loading anything."""
-    from ..data import load_dataset
+    from ..engine.build import load_run_data
     from ..environment import resolve_device
     from ..models import create_model, freeze, model_factory
+    from ..spec import resolve_config
     from ..teachers import checkpoint_file
 
     model_factory(model_name)
     if args.batch_size < 1:
         raise KdzooError(f"--batch-size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
-    data = load_dataset(args.data, args.data_dir, args.download)
+    # the data as a run of the preset sees it: its crop padding and normalisation constants
+    spec = resolve_config(overrides={
+        "student": {"name": model_name}, "data": {"name": args.data, "data_dir": args.data_dir,
+                                                  "download": args.download},
+        **({"preset": args.preset} if args.preset else {})})
+    data = load_run_data(spec)
     checkpoint = checkpoint_file(checkpoint, model_name, data.num_classes, data.in_chans)
     model = create_model(model_name, num_classes=data.num_classes, in_chans=data.in_chans,
                          checkpoint=checkpoint, trust_checkpoint=args.trust_checkpoint)
@@ -220,6 +228,8 @@ def add_cache_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the teacher")
     p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--preset", help="whose crop padding and normalisation constants (default "
+                                    "reference; the runs' own preset)")
 
 
 def cmd_cache_teacher(args: argparse.Namespace) -> int:

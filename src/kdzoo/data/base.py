@@ -20,11 +20,14 @@ from ..registry import Registry
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """Training augmentation: reflect-pad by ``pad`` then random crop back to the original size
+    """Training augmentation: pad by ``pad`` (``padding_mode``: torchvision's names, "reflect" as
+    the reference zoo's ``Pad(4, padding_mode='reflect')`` or "constant" zeros as RepDistiller's
+    and mdistiller's ``RandomCrop(32, padding=4)``) then random crop back to the original size
     (a random translation of up to ``pad`` pixels), and a random horizontal flip when ``flip``."""
 
     pad: int = 0
     flip: bool = False
+    padding_mode: str = "reflect"
 
 
 @dataclass

@@ -103,7 +103,7 @@ def strong_view(images: Tensor, spec: AugmentSpec, gen: torch.Generator) -> Tens
     offsets = torch.randint(0, 2 * spec.pad + 1, (count, 2), generator=gen).to(images.device)
     flips = (torch.rand(count, generator=gen) < 0.5).to(images.device) if spec.flip else None
     if spec.pad or flips is not None:
-        images = crop_flip(images, offsets, flips, spec.pad)
+        images = crop_flip(images, offsets, flips, spec.pad, spec.padding_mode)
     return rand_augment(images, gen, num_ops=2, magnitude=10)
 
 
@@ -176,7 +176,7 @@ class BatchLoader(LoaderBase):
             flips = plan.flips[lo:hi].to(self.device) if plan.flips is not None else None
             raw = self.data.train_images[index]
             if pad or flips is not None:
-                raw = crop_flip(raw, offsets, flips, pad)
+                raw = crop_flip(raw, offsets, flips, pad, self.data.augment.padding_mode)
             # Extra views are drawn for the global batch and sliced: a rank's images get the
             # same views at any world size.
             extra = {name: self._finish(EXTRA_VIEWS[name](

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -117,11 +118,29 @@ def load_run_data(config: TrainConfig) -> ImageDataset:
     dataset alone)."""
     data = load_dataset(config.data.name, config.data.data_dir, config.data.download,
                         **dict(config.data.options))
+    data = with_protocol(data, config)
     if config.data.train_subset is not None:
         data = subset_training(data, config.data.train_subset)
     if config.data.val_split:
         data = carve_validation(data, config.data.val_split)
     return data
+
+
+def with_protocol(data: ImageDataset, config: TrainConfig) -> ImageDataset:
+    """``data`` with the run's crop padding and normalisation constants (its own where the
+    config gives none)."""
+    section = config.data
+    if section.mean is not None and section.std is not None and \
+            len(section.mean) != data.in_chans:
+        raise ConfigError(f"data.mean and data.std give {len(section.mean)} channels, but "
+                          f"{data.name} has {data.in_chans}: give one value per channel")
+    changes: dict[str, Any] = {}
+    if section.mean is not None and section.std is not None:
+        changes.update(mean=tuple(section.mean), std=tuple(section.std))
+    augment = getattr(data, "augment", None)
+    if augment is not None and augment.padding_mode != section.padding_mode:
+        changes["augment"] = dataclasses.replace(augment, padding_mode=section.padding_mode)
+    return dataclasses.replace(data, **changes) if changes else data
 
 
 def build_network(config: TrainConfig, data: ImageDataset, role: Role) -> FeatureNet:

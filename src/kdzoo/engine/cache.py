@@ -88,9 +88,11 @@ def cache_key(teacher: FeatureNet, data: ImageDataset) -> str:
     """A hash of everything the cached logits depend on."""
     digest = hashlib.sha256()
     digest.update(CACHE_FORMAT.encode())
-    digest.update(json.dumps([teacher.model_name, teacher.num_classes, teacher.in_chans,
-                              data.augment.pad, data.augment.flip, list(data.mean),
-                              list(data.std)]).encode())
+    described = [teacher.model_name, teacher.num_classes, teacher.in_chans, data.augment.pad,
+                 data.augment.flip, list(data.mean), list(data.std)]
+    if data.augment.padding_mode != "reflect":  # caches filled before padding modes keep keys
+        described.append(data.augment.padding_mode)
+    digest.update(json.dumps(described).encode())
     for name, value in sorted(teacher.state_dict().items()):
         digest.update(name.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
@@ -237,7 +239,7 @@ def fill_cache(cache: TeacherCache, data: ImageDataset, runner: Callable[[Tensor
             index = torch.arange(start, end)
             batch_flips = flips.expand(end - start).to(device) if flips is not None else None
             raw = crop_flip(images[start:end], offsets.expand(end - start, 2).to(device),
-                            batch_flips, pad)
+                            batch_flips, pad, data.augment.padding_mode)
             x = normalize(raw)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
