@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import KdzooError
+
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     """Left-aligned columns under a header and a rule of dashes."""
@@ -92,8 +94,18 @@ def describe(what: str) -> str:
 def add_list_parser(sub: Any) -> None:
     p = sub.add_parser("list", help="list models, methods, datasets or presets")
     p.add_argument("what", choices=["models", "methods", "datasets", "presets", "grids"])
+    p.add_argument("--differences", action="store_true",
+                   help="with methods: where kdzoo deliberately differs from the authors' code, "
+                        "and why (the text of docs/differences.md)")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.differences:
+        if args.what != "methods":
+            raise KdzooError("--differences goes with `kdzoo list methods`")
+        from ..differences import render_markdown
+
+        print(render_markdown())
+        return 0
     print(describe(args.what))
     return 0
