@@ -2,9 +2,9 @@
 
 The entries are data (``configs/differences/*.yaml``, read in name order): each names the
 method (or ``all``), the authors' file it differs from (``owner/repo@commit:path``), what
-differs and why. ``kdzoo list methods --differences`` prints them as Markdown, the text of ``docs/differences.md``; the
-protocol-parity test (``tests/test_protocol_parity.py``) refers to them by ``id`` where a
-transcribed setting of the authors is deliberately not kdzoo's.
+differs and why. ``kdzoo list methods --differences`` prints them as Markdown, the text of
+``docs/differences.md``; the protocol-parity test (``tests/test_protocol_parity.py``) refers to
+them by ``id`` where a transcribed setting of the authors is deliberately not kdzoo's.
 """
 from __future__ import annotations
 
