@@ -186,3 +186,23 @@ def test_every_difference_names_the_authors_file_and_is_documented():
     written = (repo / "docs" / "differences.md").read_text()
     assert written == render_markdown() + "\n", \
         "docs/differences.md is stale: kdzoo list methods --differences > docs/differences.md"
+
+
+def test_every_recipe_preset_and_published_number_names_its_source():
+    """Each setting the authors published is traced to their commit (``owner/repo@commit:path``)
+    or to a paper (``paper: title, table``), so a number that moves upstream is caught."""
+    from kdzoo.layers import list_presets, load_preset
+    from kdzoo.recipes import load_recipes
+
+    def traced(source: str) -> bool:
+        return bool(SOURCE.search(source)) or source.startswith("paper:")
+
+    untraced = [f"recipe {r.name}: {r.source}" for r in load_recipes() if not traced(r.source)]
+    untraced += [f"preset {name}" for name in list_presets()
+                 if not traced(load_preset(name)["source"])]
+    for grid in packaged_grids():
+        for entry in load_grid_spec(grid).get("published") or []:
+            if not traced(entry.get("source", "")):
+                untraced.append(f"{grid}: {entry['method']} {entry.get('teacher')} -> "
+                                f"{entry['student']}: {entry.get('source')}")
+    assert not untraced, f"{len(untraced)} untraced:\n" + "\n".join(untraced[:40])
