@@ -98,7 +98,7 @@ def first_step_terms(config):
     trainer = Trainer(parts, RunDir(config.out), progress=False)
     stage = parts.stages[0]
     trainer.begin_epoch(stage, config.optim.lr)  # the loop's modes for the stage
-    batch = next(parts.loader.train_batches(config.seed, 1))
+    batch = next(parts.loader.train_batches(config.seed, 1, views=parts.method.views))
     terms, _ = trainer.step_terms(batch, stage, 1, 0)
     return {k: v.item() for k, v in terms.items()}
 

@@ -63,10 +63,12 @@ def make_step(epoch=1, labels=None, views=None, run=None, ce_weight=1.0, batch=8
 
 # ---------------------------------------------------------------------------------- defaults
 def test_defaults_are_the_references():
-    # MLKD: mdistiller/engine/cfg.py CFG.KD (the ours/*.yaml configs do not override it)
+    # MLKD: mdistiller/engine/cfg.py CFG.KD (the ours/*.yaml configs do not override it), and
+    # the authors' two views (tools/train_ours.py always trains with the strong view)
     assert method_defaults("mlkd") == {"ce_weight": 0.1, "weight": 0.9, "temperature": 4.0,
-                                       "protocol": "standard", "standardize": False,
+                                       "protocol": "paper", "standardize": False,
                                        "ctkd": False}
+    assert create_method("mlkd", context()).views == ("strong",)
     # CTKD: scripts/run_cifar_distill.sh (-r 0.1 -a 0.9 --t_start 1 --t_end 20 --cosine_decay 1
     # --decay_max 0 --decay_min -1 --decay_loops 10)
     assert method_defaults("ctkd") == {"ce_weight": 0.1, "weight": 0.9, "t_start": 1.0,
@@ -143,7 +145,7 @@ def reference_mlkd(sw, ss, tw, ts, labels, T=4.0, ce_w=0.1, kd_w=0.9):
 
 
 def test_standard_protocol_is_the_reference_loss_with_strong_equal_to_weak():
-    method = create_method("mlkd", context()).double()
+    method = create_method("mlkd", context(), protocol="standard").double()
     assert method.views == ()
     sw, tw = logits(2), logits(3)
     labels = torch.arange(8) % NUM_CLASSES
@@ -210,11 +212,11 @@ def test_paper_protocol_runs_the_networks_on_the_strong_view():
 
 
 def test_mlkd_standardize_applies_to_the_kd_terms_only():
-    method = create_method("mlkd", context(), standardize=True).double()
+    method = create_method("mlkd", context(), standardize=True, protocol="standard").double()
     sw, tw = logits(6), logits(7)
     terms = method(by_role(sw, tw), make_step(ce_weight=0.1))
-    plain = create_method("mlkd", context()).double()(by_role(sw, tw),
-                                                      make_step(ce_weight=0.1))
+    plain = create_method("mlkd", context(), protocol="standard").double()(
+        by_role(sw, tw), make_step(ce_weight=0.1))
     zs = (sw - sw.mean(1, keepdim=True)) / (sw.std(1, keepdim=True) + 1e-7)
     zt = (tw - tw.mean(1, keepdim=True)) / (tw.std(1, keepdim=True) + 1e-7)
     kd_sum = sum(soft_target(zs, zt, x) for x in (4.0, 3.0, 5.0, 2.0, 6.0))
@@ -223,7 +225,7 @@ def test_mlkd_standardize_applies_to_the_kd_terms_only():
 
 
 def test_mlkd_with_ctkd_learns_the_base_temperature_only():
-    method = create_method("mlkd", context(), ctkd=True).double()
+    method = create_method("mlkd", context(), ctkd=True, protocol="standard").double()
     sw, tw = logits(8), logits(9)
     terms = method(by_role(sw, tw), make_step(epoch=3, ce_weight=0.1))
     T = 1 + 20 / (1 + math.exp(-1))

@@ -2,10 +2,10 @@
 
 Each file ``configs/recipes/*.yaml`` holds rules::
 
-    - name: dkd-beta-6-vgg-wrn
-      when: {method: dkd, data: cifar100, teacher: [vgg13, wrn_40_2]}
+    - name: dkd-beta-6-vgg13
+      when: {method: dkd, data: cifar100, teacher: vgg13, student: [vgg8, MobileNetV2]}
       set: {method: {beta: 6.0}}
-      source: "mdistiller configs/cifar100/dkd/*.yaml (issue #6)"
+      source: "megvii-research/mdistiller@a08d46f:configs/cifar100/dkd/vgg13_vgg8.yaml; ..."
 
 A rule applies when every key of ``when`` matches the run (a list matches any of its values;
 ``params`` compares method hyper-parameters, e.g. ``{standardize: true}``). Its ``set`` values

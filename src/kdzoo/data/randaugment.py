@@ -1,10 +1,10 @@
 """RandAugment for batches of uint8 images, with tensor ops on whatever device the images are on:
 the RandAugment that MLKD trains its strong view with (Jin, Wang & Lin, "Multi-Level Logit
 Distillation", CVPR 2023; github.com/Jin-Ying/Multi-Level-Logit-Distillation,
-``mdistiller/dataset/cifar100.py`` ``RandAugment(2, 10)`` inside
-``get_cifar100_train_transform_strong``; the file is not in the stored copy of the authors'
-repository and was read in the copies of it that sunshangquan/logit-standardization-KD and
-peanutshu11/Multi-Level-Logit-Distillation carry, which agree), what
+``mdistiller/dataset/cifar100.py`` at commit 5ee473f, unchanged since the first commit 6327e73:
+``RandAugment`` (lines 292-305, with ``augment_list`` at 272-289 and ``Cutout`` at 242-269) as
+``RandAugment(2, 10)`` inside ``get_cifar100_train_transform_strong``, lines 321-343; the copy
+sunshangquan/logit-standardization-KD carries at f6e5aa5 is identical), what
 :func:`kdzoo.data.loader.strong_view` gets.
 
 It is FixMatch's variant, **not** torchvision's ``RandAugment``: each image draws ``num_ops``

@@ -34,26 +34,27 @@ class DIST(LogitMethod[DISTParams]):
     """DIST: "Knowledge Distillation from A Stronger Teacher", Huang, You, Wang, Qian & Xu,
     NeurIPS 2022.
 
-    Reference loss: hunto/image_classification_sota ``lib/models/losses/dist_kd.py`` (``DIST``;
-    https://github.com/hunto/image_classification_sota, the ``classification`` submodule of
-    https://github.com/hunto/DIST_KD): T^2 * (beta * inter + gamma * intra), inter = 1 - the mean
-    Pearson correlation of each sample's class probabilities, intra = the same over each class's
-    column of the batch, probabilities softmax(z / T)
-    (:func:`kdzoo.functional.logit_kd.dist`). The class's defaults are beta 1, gamma 1, tau 1
-    (the ImageNet setting, ``kd: dist``); the stored version of ``dist_kd.py`` has no tau at all,
-    the later one divides by tau and multiplies by tau^2 (hunto/image_classification_sota
-    issue #19), which kdzoo follows (equal at tau 1).
+    Reference loss: hunto/image_classification_sota at commit 6f7a70a,
+    ``lib/models/losses/dist_kd.py`` (``DIST``; https://github.com/hunto/image_classification_sota,
+    the ``classification`` submodule of https://github.com/hunto/DIST_KD): tau^2 * (beta * inter +
+    gamma * intra), inter = 1 - the mean Pearson correlation (eps 1e-8) of each sample's class
+    probabilities, intra = the same over each class's column of the batch, probabilities
+    softmax(z / tau) (:func:`kdzoo.functional.logit_kd.dist`). The class's defaults are beta 1,
+    gamma 1, tau 1 (the ImageNet setting, ``kd: dist``).
 
-    kdzoo's defaults are the authors' CIFAR-100 setting instead, since kdzoo's benchmarks are
-    CIFAR-style: the DIST_KD README (commit 2418f18b) trains CIFAR-100 with
-    ``configs/strategies/distill/dist_cifar.yaml``, which selects the temperature through the
-    ``dist_t{tau}`` option of the authors' ``KDLoss`` (DIST(beta=1, gamma=1, tau)) and sets
-    ``ori_loss_weight`` and ``kd_loss_weight``. That YAML could not be read for this port (it is
-    not in the stored index); the values used are tau 4, CE weight 1 and DIST weight 2, i.e.
-    beta = gamma = 2 at tau 4, the CIFAR-100 setting as third-party CIFAR ports carry it (e.g.
-    Klayand/PCKA ``DISTLoss(beta=2, gamma=2, tem=4)``); check them against the YAML. So:
-    ce_weight 1, weight 2, beta 1, gamma 1, temperature (tau) 4. The ImageNet setting is
-    ``weight: 1, temperature: 1``.
+    kdzoo's defaults are the authors' CIFAR-100 setting, since kdzoo's benchmarks are
+    CIFAR-style: the DIST_KD README (commit 2418f18, lines 82-90) trains CIFAR-100 with
+    ``configs/strategies/distill/dist_cifar.yaml`` of image_classification_sota (at 6f7a70a:
+    ``ori_loss_weight: 1.``, ``kd_loss_weight: 2.``, ``kd: dist_t4``, which
+    ``lib/models/losses/kd_loss.py`` lines 69-71 turn into DIST(beta=1, gamma=1, tau=4)). So:
+    ce_weight 1, weight 2, beta 1, gamma 1, temperature (tau) 4. The same YAML's optimiser is
+    the repdistiller preset's: SGD without Nesterov (``sgd_no_nesterov``), momentum 0.9, batch
+    64, lr 0.05 (0.01 for MobileNetV2/ShuffleNet students, README line 88), weight decay 5e-4,
+    240 epochs, 120 warm-up epochs at the base lr (``warmup_lr`` = ``lr``) and then a step of
+    x0.1 every 30 epochs (``lib/utils/scheduler.py``: a StepLR after the warm-up), i.e. drops
+    after epochs 150, 180 and 210; random crop with zero padding 4 and flip
+    (``lib/dataset/transform.py``), RepDistiller's normalisation constants. The ImageNet setting
+    is ``weight: 1, temperature: 1``.
     """
 
     paper = ("Knowledge Distillation from A Stronger Teacher, Huang, You, Wang, Qian & Xu, "

@@ -39,11 +39,16 @@ class DecoupledKD(LogitMethod[DKDParams]):
     ``mdistiller/engine/cfg.py`` (``CFG.DKD``; https://github.com/megvii-research/mdistiller):
     loss = ce_weight * CE + min(epoch / warmup, 1) * (alpha * TCKD + beta * NCKD), with TCKD and
     NCKD T^2-scaled and averaged over the batch (:func:`kdzoo.functional.logit_kd.decoupled_kd`);
-    ce_weight 1, alpha 1, beta 8, T 4, warmup 20 (the CIFAR-100 setting; a few CIFAR pair configs
-    override beta, e.g. 2 in ``configs/cifar100/dkd/res56_res20.yaml``, and the ImageNet configs
-    use beta 0.5, T 1, warmup 1). The warm-up factor uses the 1-based epoch of the stage, as the
-    reference's ``kwargs["epoch"]`` (mdistiller's trainer counts epochs from 1); ``warmup`` 0
-    switches it off (kdzoo only: the reference divides by it).
+    ce_weight 1, alpha 1, beta 8, T 4, warmup 20 (the CIFAR-100 setting at commit a08d46f; the
+    ImageNet configs use beta 0.5, T 1, warmup 1). Per-pair CIFAR-100 configs override beta, and
+    kdzoo's recipes (``configs/recipes/logit-methods.yaml``) carry them: 2 for resnet56 ->
+    resnet20 and resnet110 -> resnet32 (and resnet110 -> resnet20, the LS authors' DKD cell),
+    6 for vgg13 -> vgg8/MobileNetV2 and wrn_40_2 -> wrn_16_2/wrn_40_1. With ``standardize``
+    the LS recipes (``configs/recipes/standardization.yaml``) set what LS's ``--logit-stand``
+    sets since sunshangquan/logit-standardization-KD 6b58661: alpha = w, beta = the pair's beta
+    x w, T = the base temperature, per pair from its logs. The warm-up factor uses the 1-based
+    epoch of the stage, as the reference's ``kwargs["epoch"]`` (mdistiller's trainer counts
+    epochs from 1); ``warmup`` 0 switches it off (kdzoo only: the reference divides by it).
 
     Deliberate difference: the target class is masked exactly (and the binary target/rest
     probabilities computed in log space) instead of subtracting 1000 from its logit, so the

@@ -44,7 +44,7 @@ class MLKDParams(LogitParams):
     ce_weight: float = 0.1     # cfg.KD.LOSS.CE_WEIGHT
     weight: float = 0.9        # cfg.KD.LOSS.KD_WEIGHT
     temperature: float = 4.0   # cfg.KD.TEMPERATURE (the first of T, 3, 5, 2, 6)
-    protocol: Literal["standard", "paper"] = "standard"
+    protocol: Literal["paper", "standard"] = "paper"
     standardize: bool = False  # logit standardization (LS, CVPR 2024), on the KD terms
     ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023) for T
 
@@ -58,8 +58,9 @@ class MLKDParams(LogitParams):
 class MultiLevelLogitDistillation(LogitMethod[MLKDParams]):
     """Multi-level logit distillation: "Multi-Level Logit Distillation", Jin, Wang & Lin,
     CVPR 2023; reference github.com/Jin-Ying/Multi-Level-Logit-Distillation
-    (``mdistiller/distillers/KD_ours.py``, ``mdistiller/engine/cfg.py``,
-    ``configs/cifar100/ours/*.yaml``; the strong view: ``mdistiller/dataset/cifar100.py``).
+    at commit 5ee473f (``mdistiller/distillers/KD_ours.py``, ``mdistiller/engine/cfg.py``,
+    ``configs/cifar100/ours/*.yaml``; the strong view: ``mdistiller/dataset/cifar100.py``
+    ``get_cifar100_train_transform_strong``).
 
     The reference's loss, for the weak view w (the run's augmentation) and the strong view s,
     with W = kd weight, the temperatures (T, 3, 5, 2, 6), KD_T(a, b) = T^2 KL(softmax(b/T) ||
@@ -79,20 +80,26 @@ class MultiLevelLogitDistillation(LogitMethod[MLKDParams]):
       does not return them).
 
     Defaults: T 4, ce_weight 0.1, weight 0.9 (``cfg.KD``, which ``configs/cifar100/ours/*.yaml``
-    do not override). The configs' SGD settings are the run's recipe, not the method's: batch
-    64, weight decay 5e-4, momentum 0.9, decay x0.1 at epochs 150/180/210; 240 epochs at lr
-    0.025 for same-family pairs, 480 epochs at lr 0.01 (resnet32x4 -> ShuffleV1/V2) or 0.0025
-    (wrn_40_2 -> ShuffleV1, vgg13/ResNet50 -> MobileNetV2) for the others.
+    do not override), and the authors' two views (``protocol`` "paper"). The configs' SGD
+    settings are the run's, not the method's, and are kdzoo's recipes under the repdistiller and
+    mdistiller presets (``configs/recipes/schedules.yaml``; at the authors' commit 5ee473f,
+    2024-09-23): batch 64, weight decay 5e-4, momentum 0.9, the lr divided by 10 after epochs
+    150, 180 and 210 whatever the length; 240 epochs at lr 0.025 for the same-family pairs
+    (resnet56/110 -> resnet20/32, resnet32x4 -> resnet8x4, vgg13 -> vgg8, wrn_40_2 ->
+    wrn_16_2/wrn_40_1), 480 epochs at lr 0.01 for wrn_40_2 -> ShuffleV1 and vgg13/ResNet50 ->
+    MobileNetV2, 960 epochs at lr 0.01 for resnet32x4 -> ShuffleV1/V2. (The first commit
+    6327e73 trained every pair 480 epochs, at lr 0.0025 for the three 480-epoch cross-family
+    pairs; 77b91ec raised those to 0.01 and the ShuffleNet pairs to 960 epochs; 5ee473f cut the
+    same-family pairs to 240.) Pairs MLKD has no config for get the LS authors' MLKD config
+    (sunshangquan/logit-standardization-KD ``configs/cifar100/mlkd/``), with which they ran the
+    MLKD cells of their README (480 epochs). With ``standardize`` the schedules are LS's configs
+    (480 epochs, 960 for the ShuffleNet pairs, lr 0.01 for vgg13 -> vgg8).
 
     ``protocol`` says which views train (recorded with the hyper-parameters in config.yaml and
     summary.json, and readable in the log from the term names):
 
-    * ``"standard"`` (default): the run's one augmented view, i.e. the reference's loss with the
-      strong view equal to the weak one. The terms then read: ``ce`` + ``second_ce`` = 2 x
-      ce_weight x CE(z_s^w); ``kd_masked`` = W * frac_b * sum_T KD_T(z_s^w, z_t^w) and
-      ``kd_unmasked`` = W * sum_T KD_T(z_s^w, z_t^w) (all five temperatures); ``cc`` and ``bc``
-      as above.
-    * ``"paper"``: as the authors train, with an extra strong view of each image (``views`` =
+    * ``"paper"`` (default): as the authors train (``tools/train_ours.py`` line 40 always loads
+      ``get_dataset_strong``), with an extra strong view of each image (``views`` =
       ("strong",); the loader draws the crop and flip anew, then MLKD's RandAugment(2, 10) with
       Cutout, :mod:`kdzoo.data.randaugment`). Both networks run on it through ``Step.run``: the
       student in a second pass of the step module's forward (compiled with ``--compile``), in
@@ -100,6 +107,11 @@ class MultiLevelLogitDistillation(LogitMethod[MLKDParams]):
       reference; the teacher through its inference path. Terms: ``ce``, ``strong_ce``,
       ``kd_weak`` (the masked weak sum), ``kd_strong`` (T, 3, 5 on the strong view, 2 and 6 on
       the weak), ``cc``, ``bc``.
+    * ``"standard"``: the run's one augmented view only (not MLKD as published; an option for
+      comparisons under one augmentation), i.e. the reference's loss with the strong view equal
+      to the weak one. The terms then read: ``ce`` + ``second_ce`` = 2 x ce_weight x
+      CE(z_s^w); ``kd_masked`` = W * frac_b * sum_T KD_T(z_s^w, z_t^w) and ``kd_unmasked`` = W *
+      sum_T KD_T(z_s^w, z_t^w) (all five temperatures); ``cc`` and ``bc`` as above.
 
     Options (:mod:`kdzoo.methods._logit`): ``standardize`` z-scores the logits of the KD terms
     only, and keeps the masks and the class/batch terms on the raw logits, as LS's MLKD

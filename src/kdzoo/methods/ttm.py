@@ -33,8 +33,13 @@ class TransformedTeacherMatching(TransformedMatching[TTMParams]):
     softmax power-transformed, q = p_t^l / sum_k p_t,k^l (l = 1/T: temperature on the teacher
     side only, no T^2 factor) -- :func:`kdzoo.functional.multilevel.transformed_teacher_matching`.
 
-    Defaults are the README's TTM command (vgg13 -> vgg8: ``--distill ttm --ttm_l 0.1 -r 1 -b 45
-    -a 0``): exponent 0.1, weight 45, ce_weight 1 (``-r``, also its argparse default).
+    Defaults are the README's TTM command (zkxufo/TTM at fe457b3, vgg13 -> vgg8: ``--distill ttm
+    --ttm_l 0.1 -r 1 -b 45 -a 0``): exponent 0.1, weight 45, ce_weight 1 (``-r``, also its
+    argparse default), on every pair. The paper says its appendix A.4 lists T and beta per
+    experiment; no stored copy of it could be read and the repository has no per-pair setting
+    (``docs/differences.md``: ttm-wttm-readme-setting-on-every-pair). The solver is the
+    repdistiller preset's (``train_student.py``: 240 epochs, lr 0.05, 0.01 for MobileNetV2 and
+    ShuffleNet students, drops after 150/180/210, batch 64, weight decay 5e-4, no Nesterov).
 
     kdzoo's logit options (:mod:`kdzoo.methods._logit`; not in the reference): ``standardize``
     z-scores both logits before the softmaxes; ``ctkd`` learns CTKD's temperature T and uses the

@@ -35,8 +35,11 @@ class WeightedTransformedTeacherMatching(TransformedMatching[WTTMParams]):
 
     Defaults: the README's only WTTM command, ``--add wttm --ttm_l 0.2 -a 4`` (there added to
     CRD, whose ``-b 0.8`` kdzoo leaves to the ``crd`` method): exponent 0.2, weight 4; ce_weight
-    1 (``-r``'s default, which that command keeps). The README gives no stand-alone WTTM
-    command; the paper's appendix A.4 lists its per-pair T and weights.
+    1 (``-r``'s default, which that command keeps), on every pair. Neither the README nor any
+    script of the repository (zkxufo/TTM at fe457b3 and every earlier commit) gives a
+    stand-alone WTTM command; the paper's appendix A.4 lists its per-pair T and weights, and no
+    stored copy of it could be read (``docs/differences.md``:
+    ttm-wttm-readme-setting-on-every-pair).
 
     ``standardize`` and ``ctkd`` as for :class:`~kdzoo.methods.ttm.TransformedTeacherMatching`
     (kdzoo's options, not in the reference; with ``ctkd`` the exponent is 1/T).
