@@ -44,8 +44,9 @@ def model_context(student="resnet8", teacher="resnet8"):
     ("fitnet", {"weight": 0.1, "variant": "reference"}),
     ("nst", {"weight": 10.0, "variant": "reference"}),
     ("sp", {"weight": 3000.0, "variant": "reference"}),
-    ("fsp", {"weight": 1.0, "init_epochs": 50, "init_lr": 0.01}),
-    ("ab", {"weight": 10.0, "margin": 2.0, "init_epochs": 50, "init_lr": 0.01}),
+    ("fsp", {"weight": 1.0, "init_epochs": 50, "init_lr": 0.01, "variant": "reference"}),
+    ("ab", {"weight": 10.0, "margin": 2.0, "init_epochs": 50, "init_lr": 0.01,
+            "variant": "reference"}),
 ])
 def test_reference_example_lambdas_are_the_defaults(method, expected):
     assert method_defaults(method) == expected

@@ -29,7 +29,8 @@ def step():
 @pytest.mark.parametrize("name,points,defaults", [
     ("pkt", ("pool",), {"weight": 10000.0, "variant": "reference"}),
     ("rkd", ("pool",), {"weight": 1.0, "w_dist": 25.0, "w_angle": 50.0}),
-    ("cc", ("pool",), {"weight": 100.0, "gamma": 0.4, "order": 2}),
+    ("cc", ("pool",), {"weight": 100.0, "gamma": 0.4, "order": 2, "feat_dim": 128,
+                       "variant": "reference"}),
     ("irg", ("stage2", "stage3", "pool"),  # and the logits, which every method gets
      {"weight": 1.0, "w_vert": 0.1, "w_edge": 5.0, "w_tran": 5.0}),
     ("crd", ("pool",), {"weight": 0.2, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.1,

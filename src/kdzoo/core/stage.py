@@ -48,8 +48,12 @@ class Stage:
     """One training stage, run by the one loop.
 
     ``ce_weight`` and ``method_weight`` multiply the cross-entropy and the method's terms (a term
-    whose multiplier is 0 is not computed, except the cross-entropy, which stays in the graph so
-    the classifier still receives zero gradients and weight decay, as in the reference).
+    whose multiplier is 0 is not computed, except the cross-entropy, which by default stays in
+    the graph so the classifier still receives zero gradients and weight decay, as in the
+    reference zoo's initialisation stages; ``keep_zero_ce=False`` leaves a cross-entropy of
+    weight 0 out, so the parameters only it reaches get no gradient and the optimiser leaves
+    them untouched, as RepDistiller's initialisation stages, whose optimiser holds only the
+    student's feature modules).
     Stages that name the same ``optimizer`` share one optimiser object, momentum buffers
     included; ``optimizer_settings`` overrides lr/momentum/nesterov/weight_decay for a new one.
     ``trainable`` picks the parameters: "student+method" (default) or "method". A stage with
@@ -63,6 +67,7 @@ class Stage:
     schedule: "LRSchedule | None" = None  # None: the run's main schedule
     ce_weight: float = 1.0
     method_weight: float = 1.0
+    keep_zero_ce: bool = True
     optimizer: str = "main"
     optimizer_settings: dict[str, Any] = field(default_factory=dict)
     trainable: str = "student+method"

@@ -63,10 +63,12 @@ class StepModule(nn.Module):
             for role in self.roles:
                 features[role.name] = found = Features.from_raw(
                     self.forwards[role.name](batch.images))
-                # Kept even when ce_weight is 0: the classifier then gets zero (not missing)
-                # gradients, so weight decay still applies, as in the reference's init stages.
-                terms[f"{role.prefix}ce"] = stage.ce_weight * self.loss.ce * F.cross_entropy(
-                    found.logits, batch.labels)
+                # Kept even when ce_weight is 0 (unless the stage says otherwise): the
+                # classifier then gets zero (not missing) gradients, so weight decay still
+                # applies, as in the reference zoo's init stages.
+                if stage.ce_weight != 0 or stage.keep_zero_ce:
+                    terms[f"{role.prefix}ce"] = stage.ce_weight * self.loss.ce * \
+                        F.cross_entropy(found.logits, batch.labels)
         if stage.method_weight != 0:
             step = Step(batch, stage, epoch, step_index, self.seed, self._all_networks,
                         partial(self.run, runners or {}))

@@ -33,8 +33,10 @@ from .feature_kd import (hierarchical_context_loss, inter_channel_correlation, k
 from .wasserstein import (cosine_cost, gaussian_wasserstein, linear_cka_cost, sharpen_cost,
                           sinkhorn_distance, sinkhorn_plan, wkd_logit)
 from .activation_maps import (cat_loss, class_activation_maps)
-from .repdistiller import (repdistiller_attention_map, repdistiller_attention_transfer,
-                           repdistiller_match_size)
+from .repdistiller import (repdistiller_activation_boundary, repdistiller_attention_map,
+                           repdistiller_attention_transfer, repdistiller_correlation,
+                           repdistiller_factor, repdistiller_factor_transfer, repdistiller_fsp,
+                           repdistiller_fsp_matrix, repdistiller_match_size)
 
 __all__ = [
     "activation_boundary", "attention_feature_distillation", "attention_map", "attention_transfer",
@@ -47,7 +49,10 @@ __all__ = [
     "match_spatial_size", "mutual_learning", "neuron_selectivity_transfer", "normalized_kd",
     "ofd_margin_from_batch", "ofd_margin_from_bn", "overhaul_distillation", "pairwise_distances",
     "probabilistic_knowledge_transfer", "refined_logit_distillation", "relational_kd",
-    "repdistiller_attention_map", "repdistiller_attention_transfer", "repdistiller_match_size",
+    "repdistiller_activation_boundary", "repdistiller_attention_map",
+    "repdistiller_attention_transfer", "repdistiller_correlation", "repdistiller_factor",
+    "repdistiller_factor_transfer", "repdistiller_fsp", "repdistiller_fsp_matrix",
+    "repdistiller_match_size",
     "rkd_angle", "rkd_distance", "scale_decoupled_kd", "sdd_region_weights", "sharpen_cost",
     "similarity_preserving", "sinkhorn_distance", "sinkhorn_plan", "sobolev_matching",
     "soft_target", "spatial_pyramid_pool", "standardize_logits", "transformed_teacher_matching",

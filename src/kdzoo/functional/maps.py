@@ -2,7 +2,7 @@
 activation boundaries and similarity preservation.
 
 Each function computes the loss of ONE pair of maps (one stage) exactly as the reference
-Knowledge-Distillation-Zoo does (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/); the
+Knowledge-Distillation-Zoo does (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/); the
 methods in :mod:`kdzoo.methods` average the stages and apply the weight. Inputs are (B, C, H, W)
 tensors; nothing is modified in place and the result has the inputs' dtype.
 

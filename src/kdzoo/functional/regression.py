@@ -4,7 +4,7 @@ AFD (attentive feature distillation).
 
 The learned parts (paraphraser/translator, regressors, connectors, attention) live in the method
 classes; these functions are the math that follows them, for one stage, exactly as the reference
-Knowledge-Distillation-Zoo computes it (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/).
+Knowledge-Distillation-Zoo computes it (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 NCE loss on memory-bank scores.
 
 Each function computes the loss of ONE (student, teacher) pair exactly as the reference
-Knowledge-Distillation-Zoo does (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/); the
+Knowledge-Distillation-Zoo does (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/); the
 methods in :mod:`kdzoo.methods` apply the weights. Relations are B x B (or B x B x B) structures or
 per-sample scalars, so student and teacher may have any widths. Nothing is modified in place and
 the result has the inputs' dtype.

@@ -1,6 +1,6 @@
 """Shared plumbing of the feature-map methods (FitNet, FSP, AB, WKD, ...): connectors for
-students of other widths, RepDistiller's ``ConvReg`` and the reference zoo's initialisation
-stage of FSP and AB."""
+students of other widths, RepDistiller's ``ConvReg`` and the initialisation stages of FSP and AB
+(the reference zoo's and RepDistiller's)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import functional as KF
-from ..core import Piecewise, Stage
+from ..core import MultiStep, Piecewise, Stage
 from ..errors import ConfigError
 from ..models.features import FeatureInfo, FeatureRequest, Features
 from .base import Method, MethodContext, MethodParams, P
@@ -119,11 +119,12 @@ def averaged_stage_loss(method: Method[P], connectors: nn.ModuleDict,
 
 
 class InitParams(MethodParams):
-    """What :class:`InitThenCrossEntropy` reads, declared for typed reads: ``init_epochs`` and
-    ``init_lr`` are fields of each method's dataclass (FSP's, AB's)."""
+    """What :class:`InitThenCrossEntropy` reads, declared for typed reads: ``init_epochs``,
+    ``init_lr`` and ``variant`` are fields of each method's dataclass (FSP's, AB's)."""
 
     init_epochs: int
     init_lr: float
+    variant: str
 
 
 IP = TypeVar("IP", bound=InitParams)
@@ -131,10 +132,13 @@ IP = TypeVar("IP", bound=InitParams)
 
 class InitThenCrossEntropy(Method[IP]):
     """FSP's and AB's shape: ``init_epochs`` of the method alone, then cross-entropy only (see
-    :func:`init_then_ce_stages`)."""
+    :func:`init_then_ce_stages`; ``variant="repdistiller"``:
+    :func:`repdistiller_init_then_ce_stages`)."""
 
     def stages(self, main: Stage) -> list[Stage]:
         p = self.params
+        if p.variant == "repdistiller":
+            return repdistiller_init_then_ce_stages(main, self.name, p.init_epochs, p.init_lr)
         return init_then_ce_stages(main, self.name, p.init_epochs, p.init_lr)
 
 
@@ -175,4 +179,27 @@ def init_then_ce_stages(main: Stage, method: str, init_epochs: int,
     check_init_settings(method, init_epochs, init_lr)
     init = Stage("init", init_epochs, init_schedule(init_epochs, init_lr), ce_weight=0.0,
                  optimizer=main.optimizer, evaluate=False)
+    return [init, dataclasses.replace(main, method_weight=0.0)]
+
+
+def repdistiller_init_then_ce_stages(main: Stage, method: str, init_epochs: int,
+                                     init_lr: float) -> list[Stage]:
+    """FSP's and AB's two stages as RepDistiller runs them (HobbitLong/RepDistiller@b84f547:
+    train_student.py lines 227-263, helper/pretrain.py, helper/loops.py):
+
+    1. ``init``: ``init_epochs`` (its ``--init_epochs`` 30) epochs of the method's loss alone, at
+       the constant lr ``init_lr`` (its ``opt.learning_rate``: 0.05, or 0.01 for MobileNetV2 /
+       ShuffleNet students), by a new SGD optimiser of its own (the run's momentum, weight decay
+       and Nesterov setting: 0.9, 5e-4, none); no evaluation. RepDistiller's optimiser holds
+       only the student's feature modules (``get_feat_modules()``) and the method's modules, so
+       the classifier is left untouched: the cross-entropy (weight 0) is not computed at all,
+       and the parameters the method's loss does not reach get no gradient, which SGD skips
+       (no weight decay either).
+    2. ``main``: the run's configured schedule with the cross-entropy only, by a new optimiser
+       (RepDistiller builds its main optimiser after the initialisation), as there (its
+       ``loss_kd = 0`` for FSP and AB).
+    """
+    check_init_settings(method, init_epochs, init_lr)
+    init = Stage("init", init_epochs, MultiStep(init_lr, ()), ce_weight=0.0, keep_zero_ce=False,
+                 optimizer="init", optimizer_settings={"lr": init_lr}, evaluate=False)
     return [init, dataclasses.replace(main, method_weight=0.0)]

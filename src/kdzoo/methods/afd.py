@@ -54,7 +54,7 @@ class AttentiveFeatureDistillation(Method[AFDParams]):
     """Attentive feature distillation: "Pay Attention to Features, Transfer Learn Faster CNNs",
     Wang, Chen, Xu, Wang & Zhou, ICLR 2020.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/afd.py): on
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/afd.py): on
     ``stage1``, ``stage2``, ``stage3`` (post-ReLU), a trainable SE-style channel attention rho
     computed from the teacher map (hidden width ``int(C_t * att_f)``, att_f = 1) weights the
     per-channel mean squared difference of the spatially L2-normalised maps; the three stages are

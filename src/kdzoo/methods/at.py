@@ -26,7 +26,7 @@ class AttentionTransfer(Method[ATParams]):
     """Attention transfer: "Paying More Attention to Attention: Improving the Performance of
     Convolutional Neural Networks via Attention Transfer", Zagoruyko & Komodakis, ICLR 2017.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/at.py): on the
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/at.py): on the
     post-ReLU outputs of the three stages, Q = sum_c |x|^p normalised per sample by (||Q||_2 +
     1e-6), the squared difference averaged over B*H*W (``F.mse_loss``), the three stages averaged:
     loss = weight * (L1 + L2 + L3) / 3, with p = 2 and the example weight 1000. The paper uses the
@@ -38,7 +38,7 @@ class AttentionTransfer(Method[ATParams]):
     On any network the reference's CIFAR-ResNet stages are its last three stages,
     student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
 
-    ``variant="repdistiller"``: RepDistiller's AT (github.com/HobbitLong/RepDistiller,
+    ``variant="repdistiller"``: RepDistiller's AT (HobbitLong/RepDistiller@b84f547:
     ``distiller_zoo/AT.py``, ``helper/loops.py``, ``scripts/run_cifar_distill.sh``): on
     ``feat[1:-1]``, the post-ReLU outputs of ALL stages (as many as both networks have, aligned
     from the end; RepDistiller's ``zip`` would align from the start, which differs only for

@@ -121,8 +121,8 @@ class BoundarySupportingSamples(Method[BSSParams]):
     """BSS: "Knowledge Distillation with Adversarial Samples Supporting Decision Boundary", Heo,
     Lee, Yun & Choi, AAAI 2019.
 
-    Reference zoo behaviour (train_bss.py, kd_losses/bss.py), per batch while the epoch's lambda
-    is positive:
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: train_bss.py,
+    kd_losses/bss.py), per batch while the epoch's lambda is positive:
 
     1. candidates: samples that student and teacher both classify correctly (on the clean batch);
        if more than ``attack_size`` (32), the 32 with the largest off-true-class squared

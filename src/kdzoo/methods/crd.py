@@ -63,7 +63,7 @@ class ContrastiveRepresentationDistillation(Method[CRDParams]):
     """Contrastive representation distillation: "Contrastive Representation Distillation", Tian,
     Krishnan & Isola, ICLR 2020.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/crd.py,
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/crd.py,
     dataset.py, train_crd.py), which follows the authors' RepDistiller: the pooled features of
     student and teacher go through their own ``Embed`` (linear + L2 normalisation, ``feat_dim``
     128); two memory banks ``memory_t`` and ``memory_s`` (one row per training image, U(-stdv,
@@ -88,8 +88,9 @@ class ContrastiveRepresentationDistillation(Method[CRDParams]):
     reference's ``squeeze()`` breaks them); and a bank update replaces the buffer rather than
     writing into it, because the old bank is still needed for the backward pass.
 
-    Defaults: weight 0.2, the reference's CIFAR-10 example value; use 0.8 for CIFAR-100 (the
-    value given there). feat_dim 128, nce_k 16384, nce_t 0.1, nce_mom 0.5, mode "exact".
+    Defaults: weight 0.2, the reference's CIFAR-10 example value (example_train_script.sh); on
+    CIFAR-100 the recipe ``crd-weight-0.8-cifar100`` gives its CIFAR-100 value 0.8 where you set
+    none. feat_dim 128, nce_k 16384, nce_t 0.1, nce_mom 0.5, mode "exact".
     Student and teacher may have any widths (each has its own embedding); the banks take
     2 x N_data x feat_dim floats (51 MB for CIFAR) and are saved in checkpoints.
 
@@ -98,8 +99,8 @@ class ContrastiveRepresentationDistillation(Method[CRDParams]):
     normalisers are the global batch's mean; every rank updates its banks with the embeddings
     of all ranks (all-gathered), so the banks stay equal everywhere.
 
-    ``variant="repdistiller"``: the authors' RepDistiller settings (github.com/HobbitLong/
-    RepDistiller, ``train_student.py``, ``crd/criterion.py``, ``crd/memory.py``,
+    ``variant="repdistiller"``: the authors' RepDistiller settings (HobbitLong/
+    RepDistiller@b84f547: ``train_student.py``, ``crd/criterion.py``, ``crd/memory.py``,
     ``dataset/cifar100.py``, ``scripts/run_cifar_distill.sh``). Its code is the one the reference
     zoo follows: the same embedding, banks, initialisation, sampling, normalisers, NCE loss and
     update, feat_dim 128, nce_k 16384, nce_mom 0.5, mode "exact" -- what differs is its default

@@ -31,7 +31,9 @@ class DeepMutualLearning(Method[DMLParams]):
         dml      = weight * KL(p_peer || p_student)   (peer detached)
         peer_dml = weight * KL(p_student || p_peer)   (student detached)
 
-    with no temperature and 'batchmean' (kd_losses/dml.py, train_dml.py). Both terms come from one
+    with no temperature and 'batchmean' (AberHu/Knowledge-Distillation-Zoo@65470c8:
+    kd_losses/dml.py, train_dml.py; its net1 is the peer, its net2 the student, whose accuracy
+    the reference-zoo grid compares with the README's). Both terms come from one
     forward pass of each network. The reference backpropagates the two networks' losses
     separately and steps optimiser 1 then optimiser 2; the loop backpropagates their sum once and
     steps both, which gives the same gradients because each network's loss depends only on its
@@ -40,7 +42,8 @@ class DeepMutualLearning(Method[DMLParams]):
     reference; the paper also covers cohorts of more than two. weight = 1.0 (reference).
 
     The peer starts from its own random weights (seeded apart from the student's), or from
-    ``--teacher-checkpoint`` (the reference's ``--net2_init``).
+    ``--teacher-checkpoint`` (the reference's ``--net1_init``; ``--student-init`` is its
+    ``--net2_init``).
     """
 
     paper = "Deep Mutual Learning, Zhang et al., CVPR 2018"

@@ -32,7 +32,7 @@ class FitNet(Method[FitNetParams]):
     """Hints: "FitNets: Hints for Thin Deep Nets", Romero, Ballas, Kahou, Chassang, Gatta &
     Bengio, ICLR 2015.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/fitnet.py):
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/fitnet.py):
     one stage, trained together with the cross-entropy: loss = weight * mean((s - t)^2) on the
     post-ReLU output of the last stage, with the example weight 0.1. The paper instead trains the
     student's lower half on the hint of a middle layer first (a separate stage, through a
@@ -47,7 +47,7 @@ class FitNet(Method[FitNetParams]):
     On any network the reference's CIFAR-ResNet stages are its last stage,
     student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
 
-    ``variant="repdistiller"``: RepDistiller's FitNet (github.com/HobbitLong/RepDistiller,
+    ``variant="repdistiller"``: RepDistiller's FitNet (HobbitLong/RepDistiller@b84f547:
     ``train_student.py --distill hint``, ``helper/loops.py``, ``distiller_zoo/FitNet.py``,
     ``models/util.py``). Its hint is ``feat[--hint_layer]`` with the default 2, in a feature list
     [stem, stage 1, ..., stage K, pooled feature]: the output (post-ReLU) of each network's

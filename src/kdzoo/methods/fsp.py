@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
 from .. import functional as KF
-from ..models.features import FeatureRequest, Features
+from ..models.features import FeatureInfo, FeatureRequest, Features
 from ._feature_maps import (InitParams, InitThenCrossEntropy, check_init_settings, connect,
                             connector_key, width_connectors)
 from .base import MethodContext, Step
 from .registry import register_method
+
+#: RepDistiller's values where they differ from the reference zoo's, given only for
+#: hyper-parameters the user leaves unset (HobbitLong/RepDistiller@b84f547): ``--init_epochs
+#: 30`` and the initialisation at its ``--learning_rate`` 0.05 (train_student.py,
+#: helper/pretrain.py; 0.01 for MobileNetV2 and ShuffleNet students comes from a recipe). Its
+#: loss is used unweighted in the initialisation, so the weight stays 1 (its ``-b 50``
+#: multiplies the ``loss_kd = 0`` of the main stage).
+REPDISTILLER_DEFAULTS: dict[str, Any] = {"weight": 1.0, "init_epochs": 30, "init_lr": 0.05}
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,9 @@ class FSPParams(InitParams):
     weight: float = 1.0
     init_epochs: int = 50
     init_lr: float = 0.01
+    variant: Literal["reference", "repdistiller"] = "reference"
+    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "repdistiller": REPDISTILLER_DEFAULTS}
 
     def check(self, method: str) -> None:
         check_init_settings(method, self.init_epochs, self.init_lr)
@@ -30,7 +42,7 @@ class FlowOfSolutionProcedure(InitThenCrossEntropy[FSPParams]):
     """FSP matrices: "A Gift from Knowledge Distillation: Fast Optimization, Network Minimization
     and Transfer Learning", Yim, Joo, Bae & Kim, CVPR 2017.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/fsp.py and
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/fsp.py and
     train_kd.py):
 
     * G(a, b) = a_flat b_flat^T / (H*W) for the post-ReLU pairs (stem, stage1), (stage1, stage2),
@@ -52,6 +64,24 @@ class FlowOfSolutionProcedure(InitThenCrossEntropy[FSPParams]):
 
     On any network the reference's CIFAR-ResNet stages are its stem and the last three stages,
     student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
+
+    ``variant="repdistiller"``: RepDistiller's FSP (HobbitLong/RepDistiller@b84f547:
+    distiller_zoo/FSP.py, train_student.py lines 254-263, helper/pretrain.py, helper/loops.py):
+
+    * on ``feat[:-1]``, the stem and the post-ReLU outputs of ALL stages (as many as both
+      networks have, aligned from the end), the consecutive pairs' FSP matrices (the taller map
+      pooled to the other's height) compared by their mean squared difference and the pairs
+      SUMMED (:func:`kdzoo.functional.repdistiller_fsp`), times ``weight`` (1: RepDistiller uses
+      the loss unweighted there);
+    * :func:`~kdzoo.methods._feature_maps.repdistiller_init_then_ce_stages`: 30 epochs of that
+      loss alone at the constant lr ``init_lr`` (0.05; 0.01 for MobileNetV2 / ShuffleNet
+      students, by recipe) with an optimiser of its own that leaves the classifier untouched,
+      then the run's 240 epochs with the cross-entropy only and a new optimiser (``-a 0``; its
+      ``-b 50`` multiplies the main stage's ``loss_kd = 0``).
+
+    RepDistiller refuses student and teacher maps of other widths (wrn_40_2 -> wrn_40_1 is
+    "N/A" in its table); kdzoo gives them the connectors above (a deliberate difference,
+    ``fsp-connectors-for-other-widths`` in docs/differences.md).
     """
 
     paper = ("A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and "
@@ -59,6 +89,15 @@ class FlowOfSolutionProcedure(InitThenCrossEntropy[FSPParams]):
     url = ("https://openaccess.thecvf.com/content_cvpr_2017/html/"
            "Yim_A_Gift_From_CVPR_2017_paper.html")
     needs = FeatureRequest.last(3, stem=True)
+
+    @classmethod
+    def feature_requests(cls, params: FSPParams,
+                         infos: Mapping[str, FeatureInfo]) -> dict[str, FeatureRequest]:
+        if params.variant != "repdistiller":
+            return super().feature_requests(params, infos)
+        request = FeatureRequest(stages="all", stem=True).resolve(
+            *(infos.get(r.name) for r in cls.roles))
+        return {role.name: request for role in cls.roles}
 
     def __init__(self, ctx: MethodContext, params: FSPParams) -> None:
         super().__init__(ctx, params)
@@ -72,6 +111,8 @@ class FlowOfSolutionProcedure(InitThenCrossEntropy[FSPParams]):
         s_maps = [student.stem, *student.maps(positions)]
         t_maps = [teacher.stem, *teacher.maps(self.requests["teacher"].positions)]
         mapped = [connect(self.connectors, k, m) for k, m in zip(keys, s_maps)]
+        if self.params.variant == "repdistiller":
+            return {"fsp": KF.repdistiller_fsp(mapped, t_maps) * self.params.weight}
         # consecutive pairs: (stem, first stage), (first, second), (second, third)
         losses = [KF.fsp(mapped[i], mapped[i + 1], t_maps[i], t_maps[i + 1])
                   for i in range(len(mapped) - 1)]

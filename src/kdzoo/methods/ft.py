@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .. import functional as KF
 from ..core import MultiStep, Stage
+from ..functional import repdistiller as KR
 from ..errors import ConfigError
 from ..models.features import FeatureRequest, Features
 from .base import Method, MethodContext, MethodParams, Step, positive
@@ -37,19 +38,22 @@ def uses_batchnorm(rule: str, data_name: str) -> bool:
     return rule == "always"
 
 
-def _conv_block(in_ch: int, out_ch: int, use_bn: bool, transpose: bool = False) -> list[nn.Module]:
+def _conv_block(in_ch: int, out_ch: int, use_bn: bool, transpose: bool = False,
+                bias: bool | None = None) -> list[nn.Module]:
     """3x3 (transposed) convolution, stride 1, padding 1 -> BN or nothing -> LeakyReLU(0.1).
-    The convolution has a bias only without BN, as in the reference's network.py."""
+    The convolution has a bias only without BN, as in the reference zoo's network.py, unless
+    ``bias`` says otherwise (RepDistiller's convolutions always have one)."""
     conv_cls = nn.ConvTranspose2d if transpose else nn.Conv2d
-    return [conv_cls(in_ch, out_ch, 3, 1, 1, bias=not use_bn),
+    return [conv_cls(in_ch, out_ch, 3, 1, 1, bias=not use_bn if bias is None else bias),
             nn.BatchNorm2d(out_ch) if use_bn else nn.Identity(),
             nn.LeakyReLU(0.1)]  # not in place: cheap, and never touches a captured tensor
 
 
-def _encoder(in_ch: int, factor_ch: int, use_bn: bool) -> nn.Sequential:
-    return nn.Sequential(*_conv_block(in_ch, in_ch, use_bn),
-                         *_conv_block(in_ch, factor_ch, use_bn),
-                         *_conv_block(factor_ch, factor_ch, use_bn))
+def _encoder(in_ch: int, factor_ch: int, use_bn: bool, bias: bool | None = None
+             ) -> nn.Sequential:
+    return nn.Sequential(*_conv_block(in_ch, in_ch, use_bn, bias=bias),
+                         *_conv_block(in_ch, factor_ch, use_bn, bias=bias),
+                         *_conv_block(factor_ch, factor_ch, use_bn, bias=bias))
 
 
 def _reference_init(module: nn.Module) -> None:
@@ -69,16 +73,21 @@ def _reference_init(module: nn.Module) -> None:
 class Paraphraser(nn.Module):
     """Auto-encoder of the teacher's map: encoder C_t -> C_t -> F -> F (F = int(C_t * k)),
     decoder F -> F -> C_t -> C_t with transposed convolutions. ``forward`` returns
-    ``(factor, reconstruction)`` like the reference's ``paraphraser``."""
+    ``(factor, reconstruction)`` like the reference's ``paraphraser``. ``repdistiller``:
+    RepDistiller's ``Paraphraser`` (models/util.py): every convolution with a bias, PyTorch's
+    default init."""
 
-    def __init__(self, channels: int, factor_channels: int, use_bn: bool) -> None:
+    def __init__(self, channels: int, factor_channels: int, use_bn: bool,
+                 repdistiller: bool = False) -> None:
         super().__init__()
-        self.encoder = _encoder(channels, factor_channels, use_bn)
+        bias = True if repdistiller else None
+        self.encoder = _encoder(channels, factor_channels, use_bn, bias)
         self.decoder = nn.Sequential(
-            *_conv_block(factor_channels, factor_channels, use_bn, transpose=True),
-            *_conv_block(factor_channels, channels, use_bn, transpose=True),
-            *_conv_block(channels, channels, use_bn, transpose=True))
-        _reference_init(self)
+            *_conv_block(factor_channels, factor_channels, use_bn, transpose=True, bias=bias),
+            *_conv_block(factor_channels, channels, use_bn, transpose=True, bias=bias),
+            *_conv_block(channels, channels, use_bn, transpose=True, bias=bias))
+        if not repdistiller:
+            _reference_init(self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         factor = self.encoder(x)
@@ -87,12 +96,16 @@ class Paraphraser(nn.Module):
 
 class Translator(nn.Module):
     """The student's encoder: C_s -> C_s -> F -> F, the same blocks as the paraphraser's
-    encoder, so student and teacher factors have the same shape whatever the widths."""
+    encoder, so student and teacher factors have the same shape whatever the widths.
+    ``repdistiller``: RepDistiller's ``Translator`` (models/util.py): every convolution with a
+    bias, PyTorch's default init."""
 
-    def __init__(self, channels: int, factor_channels: int, use_bn: bool) -> None:
+    def __init__(self, channels: int, factor_channels: int, use_bn: bool,
+                 repdistiller: bool = False) -> None:
         super().__init__()
-        self.encoder = _encoder(channels, factor_channels, use_bn)
-        _reference_init(self)
+        self.encoder = _encoder(channels, factor_channels, use_bn, True if repdistiller else None)
+        if not repdistiller:
+            _reference_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encoder(x)
@@ -105,6 +118,7 @@ class FTParams(MethodParams):
     paraphraser_epochs: int = 30
     paraphraser_lr: float = 0.01
     use_bn: BatchNormRule = "reference"
+    variant: Literal["reference", "repdistiller"] = "reference"
 
     def check(self, method: str) -> None:
         if self.paraphraser_epochs < 1:
@@ -119,7 +133,7 @@ class FactorTransfer(Method[FTParams]):
     """Factor transfer: "Paraphrasing Complex Network: Network Compression via Factor Transfer",
     Kim, Park & Kwak, NeurIPS 2018.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/ft.py,
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/ft.py,
     train_ft.py, network.py):
 
     * stage ``paraphraser`` (``paraphraser_epochs`` = 30): the student does not run; a paraphraser
@@ -145,6 +159,24 @@ class FactorTransfer(Method[FTParams]):
 
     On any network the reference's CIFAR-ResNet stages are its last stage,
     student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
+
+    ``variant="repdistiller"``: RepDistiller's FT (HobbitLong/RepDistiller@b84f547:
+    distiller_zoo/FT.py, models/util.py ``Paraphraser``/``Translator``, train_student.py lines
+    239-253, helper/pretrain.py, helper/loops.py), on ``feat[-2]``, the last stage's post-ReLU
+    output, as here:
+
+    * the paraphraser has no BatchNorm and the translator has BatchNorm (their defaults
+      ``use_bn=False`` / ``use_bn=True``; ``use_bn`` is not used), every convolution has a bias,
+      and both keep PyTorch's default init;
+    * stage ``paraphraser``: ``paraphraser_epochs`` (its ``--init_epochs`` 30) epochs of the
+      reconstruction MSE at the constant lr ``paraphraser_lr`` (0.01 for ResNet and WRN
+      students, else its ``--learning_rate``: 0.05 for VGG students by recipe, 0.01 for
+      MobileNetV2 / ShuffleNet), with the run's momentum and weight decay (0.9, 5e-4), no
+      Nesterov;
+    * stage ``main``: ``ft`` = weight * mean |factor(translator(s)) - factor(paraphraser
+      factor(t))| with factor(z) = the L2-normalised channel mean of z^2
+      (:func:`kdzoo.functional.repdistiller_factor_transfer`; the taller map pooled to the
+      other's height), weight = beta 200 (``-b 200``, the same default), cross-entropy 1, no KD.
     """
 
     paper = ("Paraphrasing Complex Network: Network Compression via Factor Transfer, "
@@ -160,10 +192,15 @@ class FactorTransfer(Method[FTParams]):
         if factor_ch < 1:
             raise ConfigError(f"method ft: k={p.k} leaves no factor channel for a teacher with "
                               f"{teacher_ch} channels; use a larger k")
-        self.use_bn = uses_batchnorm(p.use_bn, ctx.data_name)
-        self.paraphraser = Paraphraser(teacher_ch, factor_ch, self.use_bn)
-        self.translator = Translator(ctx.infos["student"].stages[-1].channels, factor_ch,
-                                     self.use_bn)
+        student_ch = ctx.infos["student"].stages[-1].channels
+        if p.variant == "repdistiller":
+            self.use_bn = False  # the paraphraser's; RepDistiller's translator always has BN
+            self.paraphraser = Paraphraser(teacher_ch, factor_ch, False, repdistiller=True)
+            self.translator = Translator(student_ch, factor_ch, True, repdistiller=True)
+        else:
+            self.use_bn = uses_batchnorm(p.use_bn, ctx.data_name)
+            self.paraphraser = Paraphraser(teacher_ch, factor_ch, self.use_bn)
+            self.translator = Translator(student_ch, factor_ch, self.use_bn)
         # Only the paraphraser trains in the first stage (its optimiser takes the method's
         # trainable parameters); the translator joins the student's optimiser afterwards.
         self.translator.requires_grad_(False)
@@ -174,11 +211,14 @@ class FactorTransfer(Method[FTParams]):
 
     def stages(self, main: Stage) -> list[Stage]:
         lr = self.params.paraphraser_lr
+        # the reference zoo: lr, momentum 0.9, its weight decay 1e-4, no Nesterov; RepDistiller:
+        # lr and no Nesterov, the run's momentum and weight decay (its opt.momentum, 5e-4)
+        settings: dict[str, object] = {"lr": lr, "nesterov": False}
+        if self.params.variant != "repdistiller":
+            settings.update(momentum=0.9, weight_decay=1e-4)
         pretrain = Stage(
             "paraphraser", self.params.paraphraser_epochs, MultiStep(lr, ()),  # constant lr
-            optimizer="paraphraser",
-            optimizer_settings={"lr": lr, "momentum": 0.9, "weight_decay": 1e-4,
-                                "nesterov": False},
+            optimizer="paraphraser", optimizer_settings=settings,
             trainable="method", evaluate=False, uses_student=False)
         return [pretrain, main]
 
@@ -208,6 +248,9 @@ class FactorTransfer(Method[FTParams]):
         with torch.no_grad():  # the frozen paraphraser's factor is a fixed target
             teacher_factor = self.paraphraser.encoder(teacher_map)
         student_factor = self.translator(student_map)
+        if self.params.variant == "repdistiller":
+            return {"ft": self.params.weight * KR.repdistiller_factor_transfer(student_factor,
+                                                                               teacher_factor)}
         # Networks of other resolutions: the larger factor is pooled to the smaller's size.
         student_factor, teacher_factor = KF.match_spatial_size(student_factor, teacher_factor)
         return {"ft": self.params.weight * KF.factor_transfer(student_factor, teacher_factor)}

@@ -25,7 +25,7 @@ class InstanceRelationGraph(Method[IRGParams]):
     """Instance relationship graph: "Knowledge Distillation via Instance Relationship Graph",
     Liu et al., CVPR 2019.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/irg.py),
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/irg.py),
     one-to-one mode only: weight * (w_vert * vertex + w_edge * edge + w_tran * transformation) with
     vertex = mse(logits); edge = the mean over (pool, stage2, stage3) of the MSE between the
     max-normalised B x B squared-distance matrices; transformation = MSE between the per-sample,

@@ -21,10 +21,11 @@ class LogitRegression(Method[LogitsParams]):
     """Regressing the teacher's logits: "Do Deep Nets Really Need to be Deep?", Ba & Caruana,
     NIPS 2014.
 
-    Reference zoo behaviour (kd_losses/logits.py): loss = CE + weight * mean_{b,k}(z_s - z_t)^2
-    (``F.mse_loss``). The paper trains the mimic on the L2 logit loss alone, without labels; the
-    reference keeps the cross-entropy. The default weight 0.1 is the reference's example-script
-    lambda (its argparse default is 1.0).
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/logits.py):
+    loss = CE + weight * mean_{b,k}(z_s - z_t)^2 (``F.mse_loss``). The paper trains the mimic on
+    the L2 logit loss alone, without labels; the reference keeps the cross-entropy. The default
+    weight 0.1 is the reference's example-script lambda (example_train_script.sh; its argparse
+    default is 1.0).
     """
 
     paper = "Do Deep Nets Really Need to be Deep?, Ba & Caruana, NIPS 2014"

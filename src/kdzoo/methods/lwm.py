@@ -24,10 +24,11 @@ class LearningWithoutMemorizing(Method[LwMParams]):
     """LwM's attention distillation: "Learning without Memorizing", Dhar, Singh, Peng, Wu &
     Chellappa, CVPR 2019.
 
-    Reference zoo behaviour (kd_losses/lwm.py): for each network, g = d(sum_b z_{b,y_b})/dA with A
-    the post-ReLU output of stage 2 (``stage2``; the reference README explains why not stage 3:
-    there the map would be constant over H and W), the student's with ``create_graph=True``, the
-    teacher's detached. cam = ReLU(sum_c GAP(g)_c * g_c), flattened to (B, H*W) and L2-normalised;
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/lwm.py): for
+    each network, g = d(sum_b z_{b,y_b})/dA with A the post-ReLU output of stage 2 (``stage2``;
+    the reference README explains why not stage 3: there the map would be constant over H and
+    W), the student's with ``create_graph=True``, the teacher's detached.
+    cam = ReLU(sum_c GAP(g)_c * g_c), flattened to (B, H*W) and L2-normalised;
     L = mean |cam_s - cam_t| (``F.l1_loss``). weight = 0.4 (reference example).
 
     Differences from the paper: LwM is an incremental-learning method whose loss also has

@@ -31,7 +31,7 @@ class NeuronSelectivityTransfer(Method[NSTParams]):
     """Neuron selectivity transfer: "Like What You Like: Knowledge Distill via Neuron Selectivity
     Transfer", Huang & Wang, arXiv 2017.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/nst.py): on
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/nst.py): on
     the post-ReLU output of the last stage, every channel's spatial map is L2-normalised and the
     squared MMD with the polynomial kernel k(a, b) = (a^T b)^2 (d = 2, c = 0) is taken between the
     student's and the teacher's channels, each of its three terms a mean over B*C*C;
@@ -46,7 +46,7 @@ class NeuronSelectivityTransfer(Method[NSTParams]):
     On any network the reference's CIFAR-ResNet stages are its last stage,
     student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
 
-    ``variant="repdistiller"``: RepDistiller's NST (github.com/HobbitLong/RepDistiller,
+    ``variant="repdistiller"``: RepDistiller's NST (HobbitLong/RepDistiller@b84f547:
     ``distiller_zoo/NST.py``, ``helper/loops.py``, ``scripts/run_cifar_distill.sh``): the same
     per-stage formula (its ``full_loss``; the teacher-teacher term detached, which changes no
     gradient), but on ``feat[1:-1]``, the post-ReLU outputs of ALL stages (as many as both

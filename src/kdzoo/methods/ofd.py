@@ -47,7 +47,7 @@ class OverhaulFeatureDistillation(Method[OFDParams]):
     """Overhaul of feature distillation: "A Comprehensive Overhaul of Feature Distillation",
     Heo, Kim, Yun, Park, Kwak & Choi, ICCV 2019.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/ofd.py): on
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/ofd.py): on
     ``stage1_pre``, ``stage2_pre``, ``stage3_pre`` (before the last ReLU), the student goes through
     a connector Conv1x1(C_s -> C_t, no bias) + BN (train mode with the student, so batch
     statistics), the teacher through the margin ReLU max(t, m_c), and the partial L2 distance is

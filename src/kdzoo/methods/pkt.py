@@ -32,14 +32,14 @@ class ProbabilisticKnowledgeTransfer(Method[PKTParams]):
     """Probabilistic knowledge transfer: "Learning Deep Representations with Probabilistic
     Knowledge Transfer", Passalis & Tefas, ECCV 2018.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/pkt.py): on
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/pkt.py): on
     the pooled features, the cosine kernel (cos + 1) / 2 is turned into row-wise conditional
     probabilities and the loss is mean_{i,j} P^t_ij log((P^t_ij + 1e-6) / (P^s_ij + 1e-6)) -- a
     mean over the B^2 entries, where the paper sums the KL divergences. The loss is tiny, hence the
     example weight 10000. NaNs after normalisation become 0 as in the reference, without touching
     the given features. No connector: the B x B kernels do not depend on the feature widths.
 
-    ``variant="repdistiller"``: RepDistiller's PKT (github.com/HobbitLong/RepDistiller,
+    ``variant="repdistiller"``: RepDistiller's PKT (HobbitLong/RepDistiller@b84f547:
     ``distiller_zoo/PKT.py``, ``helper/loops.py``, ``scripts/run_cifar_distill.sh``): the same
     formula and point (``feat[-1]``, the pooled feature) with RepDistiller's eps 1e-7 in the
     normalisation and the logarithm (instead of 1e-6), times beta = 30000 (``-b 30000``, given as

@@ -23,7 +23,7 @@ class RelationalKD(Method[RKDParams]):
     """Relational knowledge distillation: "Relational Knowledge Distillation", Park, Kim, Lu &
     Cho, CVPR 2019.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/rkd.py), on
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/rkd.py), on
     the pooled features: weight * (w_dist * L_dist + w_angle * L_angle), where L_dist is the
     smooth-L1 (mean over B^2) between distance matrices divided by their mean positive distance,
     and L_angle the smooth-L1 (mean over B^3) between the cosines of the angles formed by every

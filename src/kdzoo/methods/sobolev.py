@@ -24,10 +24,11 @@ class Sobolev(Method[SobolevParams]):
     Swirszcz & Pascanu, NIPS 2017 (with "Knowledge Transfer with Jacobian Matching", Srinivas &
     Fleuret, ICML 2018, for the normalised form).
 
-    Reference zoo behaviour (kd_losses/sobolev.py): the images require grad; for each network
-    g_n = d(sum_b z^n_{b,y_b})/d(image), the student's with ``create_graph=True`` so the loss
-    trains the student through second-order terms, the teacher's detached. Each is L2-normalised
-    per sample over C*H*W and L = mean over B*C*H*W of (g^_s - g^_t)^2 (see
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/sobolev.py):
+    the images require grad; for each network g_n = d(sum_b z^n_{b,y_b})/d(image), the
+    student's with ``create_graph=True`` so the loss trains the student through second-order
+    terms, the teacher's detached. Each is L2-normalised per sample over C*H*W and
+    L = mean over B*C*H*W of (g^_s - g^_t)^2 (see
     :func:`kdzoo.functional.sobolev_matching`). Only the gradient of the true-class logit is
     matched, not the full Jacobian nor the values (the cross-entropy is the only other term).
     weight = 20 (reference example). The reference README notes it is unstable on its own.

@@ -24,7 +24,7 @@ class SimilarityPreserving(Method[SPParams]):
     """Similarity-preserving knowledge distillation: "Similarity-Preserving Knowledge
     Distillation", Tung & Mori, ICCV 2019.
 
-    Reference zoo behaviour (github.com/AberHu/Knowledge-Distillation-Zoo, kd_losses/sp.py): for
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/sp.py): for
     the post-ReLU outputs of the three stages, G = x x^T over the flattened maps (B x B), rows
     L2-normalised, loss = mean over B^2 of (G_s - G_t)^2; the stages are averaged: weight * (L1 +
     L2 + L3) / 3 with the example weight 3000. The paper sums the per-layer losses (each already
@@ -35,7 +35,7 @@ class SimilarityPreserving(Method[SPParams]):
     On any network the reference's CIFAR-ResNet stages are its last three stages,
     student and teacher aligned from the end, as RepDistiller pairs cross-family networks.
 
-    ``variant="repdistiller"``: RepDistiller's SP (github.com/HobbitLong/RepDistiller,
+    ``variant="repdistiller"``: RepDistiller's SP (HobbitLong/RepDistiller@b84f547:
     ``distiller_zoo/SP.py``, ``helper/loops.py``, ``scripts/run_cifar_distill.sh``): the same
     formula (sum of (G_t - G_s)^2 / B^2 with row-normalised Gram matrices, which is the mean) on
     ``feat[-2]`` only, the post-ReLU output of the LAST stage, times beta = 3000 (``-b 3000``,

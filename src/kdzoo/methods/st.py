@@ -25,9 +25,10 @@ class SoftTarget(LogitMethod[STParams]):
     """Soft targets: "Distilling the Knowledge in a Neural Network", Hinton, Vinyals & Dean, NIPS DL
     Workshop 2014.
 
-    Reference zoo behaviour (kd_losses/st.py): loss = CE + weight * T^2 * KL(p_t || p_s) with
-    'batchmean'; no (1 - alpha) factor on the cross-entropy. T = 4. The default weight 0.1 is the
-    reference's example-script lambda (its argparse default is 1.0). ``standardize`` and ``ctkd``
+    Reference zoo behaviour (AberHu/Knowledge-Distillation-Zoo@65470c8: kd_losses/st.py):
+    loss = CE + weight * T^2 * KL(p_t || p_s) with 'batchmean'; no (1 - alpha) factor on the
+    cross-entropy. T = 4. The default weight 0.1 is the reference's example-script lambda
+    (example_train_script.sh; its argparse default is 1.0). ``standardize`` and ``ctkd``
     are the logit options of :mod:`kdzoo.methods._logit`.
     """
 
