@@ -115,13 +115,41 @@ def hand_rsv(feature, count):
     return vectors, values
 
 
-def hand_kdsvd(students, teachers, k):
+def hand_rsv_repdistiller(feature, count):
+    """RepDistiller's ``KDSVD.svd``: per sample the (H*W) x C matrix, row h*W + w and column c
+    (``feat.view(-1, C, H*H).transpose(-2, -1)``), built element by element and decomposed by
+    LAPACK as ``torch.svd`` does; the first ``count`` right singular vectors (over the
+    channels) and singular values normalised by loops (``F.normalize(v[:, :, :n], dim=1)``,
+    ``F.normalize(s[:, :n], dim=1)``)."""
+    x = feature.tolist()
+    B, C, H, W = len(x), len(x[0]), len(x[0][0]), len(x[0][0][0])
+    vectors, values = [], []
+    for b in range(B):
+        matrix = torch.tensor([[x[b][c][h][w] for c in range(C)] for h in range(H)
+                               for w in range(W)], dtype=torch.float64)
+        _, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        v = vh.T.tolist()  # rows: channels c, columns: singular vectors
+        n = min(count, len(v[0]))
+        cols = []
+        for j in range(n):
+            col = [v[c][j] for c in range(C)]
+            norm = max(math.sqrt(sum(e * e for e in col)), 1e-12)
+            cols.append([e / norm for e in col])
+        vectors.append(cols)  # [j][c]
+        s = s.tolist()[:n]
+        norm = max(math.sqrt(sum(e * e for e in s)), 1e-12)
+        values.append([e / norm for e in s])
+    return vectors, values
+
+
+def hand_kdsvd(students, teachers, k, rsv=None):
+    rsv = rsv or hand_rsv
     previous = None
     total = 0.0
     batch = students[0].shape[0]
     for fs, ft in zip(students, teachers, strict=True):
-        vt, st = hand_rsv(ft, k)
-        vs, _ = hand_rsv(fs, k + 3)
+        vt, st = rsv(ft, k)
+        vs, _ = rsv(fs, k + 3)
         aligned_s, scaled_t = [], []
         for b in range(batch):
             cosines = [[sum(a * c for a, c in zip(u, w, strict=True)) for w in vt[b]]
@@ -258,6 +286,47 @@ def test_kdsvd_matches_hand_computation(k):
     assert value.dtype == torch.float64
     assert value.item() > 0
     assert value.item() == pytest.approx(hand_kdsvd(students, teachers, k), rel=1e-10)
+
+
+#: RepDistiller's KDSVD: equal channel counts per stage pair, square maps of any sizes
+KDSVD_RD_STUDENT = [(2, 4, 3, 3), (2, 5, 4, 4), (2, 6, 2, 2)]
+KDSVD_RD_TEACHER = [(2, 4, 4, 4), (2, 5, 3, 3), (2, 6, 3, 3)]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_kdsvd_repdistiller_matches_hand_computation_of_its_formula(k):
+    """variant="repdistiller" against RepDistiller's formula (HobbitLong/RepDistiller@b84f547
+    distiller_zoo/KDSVD.py) computed by loops in float64: the (H*W) x C matrix, teacher k and
+    student k + 3 right singular vectors (over channels), alignment by |cos| with its sign,
+    scaling by the teacher's normalised singular values, RBF exp(-d^2 / 8) between consecutive
+    stages, sum of squared differences / B, summed over the pairs (helper/loops.py)."""
+    students = [rand(*shape, seed=40 + i) for i, shape in enumerate(KDSVD_RD_STUDENT)]
+    teachers = [rand(*shape, seed=50 + i) for i, shape in enumerate(KDSVD_RD_TEACHER)]
+    value = kdsvd(students, teachers, k=k, variant="repdistiller")
+    assert value.dtype == torch.float64 and value.item() > 0
+    assert value.item() == pytest.approx(
+        hand_kdsvd(students, teachers, k, rsv=hand_rsv_repdistiller), rel=1e-10)
+    # the same maps seen as mdistiller's (C*H) x W matrices give another loss
+    square = [rand(2, 4, 4, 4, seed=60 + i) for i in range(2)]
+    other = [rand(2, 4, 4, 4, seed=70 + i) for i in range(2)]
+    assert kdsvd(square, other, variant="repdistiller").item() != pytest.approx(
+        kdsvd(square, other).item(), rel=1e-3)
+    # RepDistiller's matrix is mdistiller's of the maps permuted to (B, H, W, C)
+    permuted = [x.permute(0, 2, 3, 1) for x in square]
+    assert kdsvd(square, other, variant="repdistiller").item() == pytest.approx(
+        kdsvd(permuted, [x.permute(0, 2, 3, 1) for x in other]).item(), rel=1e-10)
+
+
+def test_kdsvd_repdistiller_gradcheck_and_refusals():
+    students = [rand(*shape, seed=40 + i) for i, shape in enumerate(KDSVD_RD_STUDENT)]
+    teachers = [rand(*shape, seed=50 + i) for i, shape in enumerate(KDSVD_RD_TEACHER)]
+    inputs = [x.clone().requires_grad_() for x in students]
+    assert torch.autograd.gradcheck(
+        lambda *xs: kdsvd(list(xs), teachers, variant="repdistiller"), inputs)
+    with pytest.raises(ValueError, match="same batch size and channel count"):
+        kdsvd(students, [rand(2, 3, 4, 4)] + teachers[1:], variant="repdistiller")
+    with pytest.raises(ValueError, match="unknown variant"):
+        kdsvd(students, teachers, variant="tensorflow")
 
 
 def test_kdsvd_singular_vectors_solve_the_eigenproblem():

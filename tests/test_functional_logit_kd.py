@@ -169,11 +169,13 @@ def test_dist_gradcheck_and_float32():
 
 
 # ------------------------------------------------------------------------------------ NKD
-def hand_nkd(s, t, y, T, gamma):
+def hand_nkd(s, t, y, T, gamma, keep_target=False):
+    """NKD by loops: the non-target classes (cls_KD's corrected mask), or every class when
+    ``keep_target`` (the mask of SDD's nkd.py and SDD_nkd.py, ``scatter_(1, label, 1)``)."""
     target_part, non_target = 0.0, 0.0
     for zs, zt, label in zip(rows(s), rows(t), y.tolist(), strict=True):
         target_part += -softmax_list(zt)[label] * log_softmax_list(zs)[label]
-        others = [k for k in range(len(zs)) if k != label]
+        others = [k for k in range(len(zs)) if keep_target or k != label]
         qs = log_softmax_list([zs[k] for k in others], T)
         qt = softmax_list([zt[k] for k in others], T)
         non_target += sum(a * b for a, b in zip(qt, qs, strict=True))
@@ -203,6 +205,40 @@ def test_normalized_kd_equals_hand_computation_and_reference(T, gamma):
     assert value.item() == pytest.approx(cls_kd_nkd(s, t, y, T, gamma).item(), rel=1e-10)
     assert LK.normalized_kd(s, t, y).item() == pytest.approx(hand_nkd(s, t, y, 1.0, 1.5),
                                                              rel=1e-10)
+
+
+def sdd_nkd_reference(s, t, y, T, gamma):
+    """A transcription of SDD's ``nkd_loss`` (shicaiwei123/SDD-CVPR2024@e412036
+    mdistiller/distillers/nkd.py lines 7-34): its mask ``scatter_(1, label, 1)`` is all ones."""
+    label = y.view(-1, 1)
+    n = s.shape[0]
+    s_t = torch.gather(F.log_softmax(s, dim=1), 1, label)
+    t_t = torch.gather(F.softmax(t, dim=1), 1, label)
+    loss_t = -(t_t * s_t).mean()
+    mask = torch.ones_like(s).scatter_(1, label, 1).bool()
+    S = F.log_softmax(s[mask].reshape(n, -1) / T, dim=1)
+    Tq = F.softmax(t[mask].reshape(n, -1) / T, dim=1)
+    return loss_t - gamma * T ** 2 * (Tq * S).sum(1).mean()
+
+
+@pytest.mark.parametrize("T,gamma", [(1.0, 1.5), (4.0, 8.0)])
+def test_normalized_kd_with_the_target_kept_is_sdds_nkd(T, gamma):
+    """mask="all": the normalized softmax over every class, as SDD's re-run of NKD computes it
+    (the target class is not removed); a hand computation and a transcription agree, and it
+    differs from the corrected mask."""
+    s, t, y = logits(23)
+    value = LK.normalized_kd(s, t, y, temperature=T, gamma=gamma, mask="all")
+    assert value.dtype == torch.float64
+    assert value.item() == pytest.approx(hand_nkd(s, t, y, T, gamma, keep_target=True),
+                                         rel=1e-10)
+    assert value.item() == pytest.approx(sdd_nkd_reference(s, t, y, T, gamma).item(), rel=1e-10)
+    corrected = LK.normalized_kd(s, t, y, temperature=T, gamma=gamma)
+    assert abs(value.item() - corrected.item()) > 1e-3
+    fn = lambda a, b: LK.normalized_kd(a, b, y[:3], 2.0, 1.5, mask="all")
+    assert torch.autograd.gradcheck(fn, (s[:3].clone().requires_grad_(),
+                                         t[:3].clone().requires_grad_()))
+    with pytest.raises(ValueError, match="unknown NKD mask"):
+        LK.normalized_kd(s, t, y, mask="target")
 
 
 def test_normalized_kd_two_classes_has_no_non_target_term():
@@ -402,7 +438,7 @@ def test_sdd_region_weights():
     assert (weights[:, 0] == 1).all() and set(weights.unique().tolist()) <= {1.0, 2.0}
 
 
-def hand_sdd(s, t, y, base, T, alpha, beta):
+def hand_sdd(s, t, y, base, T, alpha, beta, keep_target=False):
     weights = hand_region_weights(t, y)
     total, count = 0.0, 0
     for zs_rows, zt_rows, w_row, label in zip(s.tolist(), t.tolist(), weights, y.tolist(),
@@ -416,7 +452,7 @@ def hand_sdd(s, t, y, base, T, alpha, beta):
             elif base == "dkd":
                 row = hand_dkd(one_s, one_t, lab, alpha, beta, T)
             else:
-                row = hand_nkd(one_s, one_t, lab, T, beta)
+                row = hand_nkd(one_s, one_t, lab, T, beta, keep_target)
             total += w * row
             count += 1
     return total / count
@@ -429,6 +465,19 @@ def test_scale_decoupled_kd_equals_hand_computation(base):
     value = LK.scale_decoupled_kd(s, t, y, base=base, temperature=3.0, alpha=0.5, beta=2.0)
     assert value.dtype == torch.float64
     assert value.item() == pytest.approx(hand_sdd(s, t, y, base, 3.0, 0.5, 2.0), rel=1e-10)
+
+
+def test_scale_decoupled_nkd_with_sdds_mask_equals_hand_computation():
+    """nkd_mask="all": SD-NKD as SDD_nkd.py computes it (the target class kept in the
+    normalized softmax, line 53)."""
+    s, t, y = logits(24, (4, 5, 6))
+    t[:2, 0] = s[:2, 0] * 0.0
+    value = LK.scale_decoupled_kd(s, t, y, base="nkd", temperature=3.0, beta=2.0,
+                                  nkd_mask="all")
+    assert value.item() == pytest.approx(
+        hand_sdd(s, t, y, "nkd", 3.0, 1.0, 2.0, keep_target=True), rel=1e-10)
+    assert value.item() != pytest.approx(
+        LK.scale_decoupled_kd(s, t, y, base="nkd", temperature=3.0, beta=2.0).item(), rel=1e-4)
 
 
 @pytest.mark.parametrize("base", ["kd", "dkd", "nkd"])

@@ -62,7 +62,7 @@ def step(t, s, epoch=1):
     # mdistiller cfg.py REVIEWKD (weight 1.0; configs/cifar100/reviewkd.yaml uses 5.0)
     ("reviewkd", {"weight": 1.0, "warmup_epochs": 20, "ce_weight": 1.0, "max_mid_channel": 512,
                   "student_preact": False}, 1.0),
-    ("kdsvd", {"k": 1, "weight": 1.0, "ce_weight": 1.0}, 1.0),        # mdistiller cfg.py KDSVD
+    ("kdsvd", {"variant": "mdistiller", "k": 1, "weight": 1.0, "ce_weight": 1.0}, 1.0),  # cfg.py
     ("ickd", {"weight": 2.5, "ce_weight": 1.0}, 1.0),                  # ICKD README -a 0 -b 2.5
     ("srd", {"weight": 1.0, "feature_weight": 1.0, "ce_weight": 1.0}, 1.0),  # run_kd_*.sh -b 1
     ("simkd", {"factor": 2, "weight": 1.0, "ce_weight": 0.0}, 0.0),    # run_distill.sh -c 0 -b 1
@@ -259,6 +259,24 @@ def test_kdsvd_term_is_the_functional_on_all_stages(teacher, student):
     assert set(terms) == {"kdsvd"}
     assert terms["kdsvd"].item() == pytest.approx(2.0 * expected.item(), rel=1e-6)
     assert all(b.shape[-1] == a.shape[-1] for a, b in pairs)
+
+
+def test_kdsvd_repdistiller_variant_decomposes_hw_by_c_and_needs_equal_channels():
+    """variant="repdistiller" (HobbitLong/RepDistiller@b84f547 distiller_zoo/KDSVD.py): the
+    (H*W) x C matrices of feat[1:-1], unpooled; stage pairs of other channel counts refused."""
+    t, s = networks("resnet32x4", "resnet8x4")
+    method = create_method("kdsvd", context(t, s), variant="repdistiller")
+    student_features, teacher_features, _ = features(t, s)
+    expected = kdsvd(student_features.stages, teacher_features.stages, k=1,
+                     variant="repdistiller")
+    terms = method({"student": student_features, "teacher": teacher_features}, step(t, s))
+    assert terms["kdsvd"].item() == pytest.approx(expected.item(), rel=1e-6)
+    mdistiller = create_method("kdsvd", context(t, s))(
+        {"student": student_features, "teacher": teacher_features}, step(t, s))
+    assert mdistiller["kdsvd"].item() != pytest.approx(expected.item(), rel=1e-3)
+    t, s = networks("wrn_40_2", "ShuffleV1")
+    with pytest.raises(ConfigError, match="variant=repdistiller decomposes"):
+        create_method("kdsvd", context(t, s), variant="repdistiller")
 
 
 # ----------------------------------------------------------------------------------- ICKD

@@ -28,8 +28,9 @@ DEFAULTS = {
     "dkd": {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20},
     # DIST's CIFAR-100 setting: kd dist_t4, ori_loss_weight 1, kd_loss_weight 2
     "dist": {"ce_weight": 1.0, "weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 4.0},
-    # cls_KD NKDLoss
-    "nkd": {"ce_weight": 1.0, "temperature": 1.0, "gamma": 1.5},
+    # cls_KD NKDLoss (variant cls_kd: the corrected mask, no warm-up)
+    "nkd": {"variant": "cls_kd", "ce_weight": 1.0, "temperature": 1.0, "gamma": 1.5,
+            "warmup": 0, "mask": "non_target"},
     # cls_KD WSLDLoss / the paper's CIFAR-100 setting
     "wsld": {"ce_weight": 1.0, "temperature": 4.0, "alpha": 2.25},
     # zju-SWJ/RLD CFG.RLD with --same-t
@@ -37,7 +38,8 @@ DEFAULTS = {
             "alpha_temperature": 1.0, "warmup": 20},
     # SDD-CVPR2024: SD-DKD with M = [1, 2, 4] on mdistiller's CFG.DKD, --warmup 20
     "sdd": {"base": "dkd", "scales": "1,2,4", "ce_weight": 1.0, "weight": 1.0,
-            "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "warmup": 20},
+            "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "nkd_mask": "non_target",
+            "warmup": 20},
 }
 METHODS = tuple(DEFAULTS)
 LOGIT_ONLY = ("kd", "dkd", "dist", "nkd", "wsld", "rld")
@@ -75,7 +77,7 @@ def functional_value(name, s, t, y, params):
     if name == "dist":
         return p["weight"] * LK.dist(s, t, p["beta"], p["gamma"], p["temperature"])
     if name == "nkd":
-        return LK.normalized_kd(s, t, y, p["temperature"], p["gamma"])
+        return LK.normalized_kd(s, t, y, p["temperature"], p["gamma"], p["mask"])
     if name == "wsld":
         return LK.weighted_soft_label_kd(s, t, y, p["temperature"], p["alpha"])
     scd_t = p["temperature"] if p["same_t"] else p["alpha_temperature"]
@@ -166,6 +168,36 @@ def test_methods_without_warmup_are_full_from_the_first_epoch(method):
     first = m({"student": student, "teacher": teacher}, step(labels, epoch=1))[method]
     later = m({"student": student, "teacher": teacher}, step(labels, epoch=200))[method]
     assert first.item() == later.item()
+
+
+def test_nkd_variants_are_the_authors_and_sdds_protocols():
+    """variant "cls_kd": yzd-v/cls_KD@1e5d48f NKDLoss (temp 1, gamma 1.5, corrected mask, no
+    warm-up), and its CIFAR-100 config (temp 3, gamma 3.5) as a recipe; variant "sdd":
+    shicaiwei123/SDD-CVPR2024@e412036 mdistiller/distillers/nkd.py (temp 1, gamma 1.5, warm-up
+    cfg.DKD.WARMUP 20, the target class kept in the normalized softmax)."""
+    sdd = method_params("nkd", {"variant": "sdd"})
+    assert (sdd.temperature, sdd.gamma, sdd.warmup, sdd.mask, sdd.ce_weight) == (
+        1.0, 1.5, 20, "all", 1.0)
+    assert method_params("nkd", {"variant": "sdd", "mask": "non_target"}).mask == "non_target"
+    student, teacher, labels = logit_features(6)
+    features = {"student": student, "teacher": teacher}
+    m = create_method("nkd", context(), variant="sdd")
+    full = LK.normalized_kd(student.logits, teacher.logits, labels, 1.0, 1.5, mask="all")
+    for epoch in (1, 5, 20, 21, 200):
+        assert m(features, step(labels, epoch=epoch))["nkd"].item() == pytest.approx(
+            min(epoch / 20, 1.0) * full.item(), rel=1e-6), epoch
+    default = create_method("nkd", context())(features, step(labels, epoch=1))["nkd"]
+    assert default.item() == pytest.approx(
+        LK.normalized_kd(student.logits, teacher.logits, labels, 1.0, 1.5).item(), rel=1e-6)
+    assert default.item() != pytest.approx(full.item(), rel=1e-3)
+    from kdzoo.spec import resolve_config
+    base = {"preset": "repdistiller", "teacher": {"name": "resnet32x4", "untrained": True},
+            "student": {"name": "resnet8x4"}, "data": {"name": "cifar100"}}
+    cifar = resolve_config(overrides={**base, "method": {"name": "nkd"}}).method.params
+    assert (cifar.temperature, cifar.gamma, cifar.mask, cifar.warmup) == (3.0, 3.5,
+                                                                          "non_target", 0)
+    rerun = resolve_config(overrides={**base, "method": {"name": "nkd", "variant": "sdd"}})
+    assert (rerun.method.params.temperature, rerun.method.params.gamma) == (1.0, 1.5)
 
 
 # ------------------------------------------------------------------------- bad values
@@ -291,6 +323,36 @@ def test_sdd_per_base_defaults_and_warmup(base, ce_weight, weight, warmup):
     for epoch, value in enumerate(values, start=1):
         factor = 1.0 if warmup == 0 else min(epoch / warmup, 1.0)
         assert value == pytest.approx(factor * full, rel=1e-5), epoch
+
+
+def test_sdd_nkd_mask_and_the_authors_per_pair_recipes():
+    """nkd_mask="all" is SDD_nkd.py's mask (the published SD-NKD numbers); the recipes give
+    the pair configs' DKD.BETA and the run scripts' --M [1,2]
+    (shicaiwei123/SDD-CVPR2024@e412036)."""
+    ctx, student, teacher, images, labels, feats = sdd_setup(seed=3)
+    one = step(labels, epoch=100, student=student, teacher=teacher)
+    mask_all = create_method("sdd", ctx, base="nkd", scales="1", nkd_mask="all")(feats, one)
+    s, t = feats["student"].logits, feats["teacher"].logits
+    expected = LK.normalized_kd(s, t, labels, 4.0, 8.0, mask="all")
+    assert mask_all["sdd"].item() == pytest.approx(expected.item(), rel=1e-5)
+    from kdzoo.spec import resolve_config
+
+    def resolved(teacher_name, student_name, **method):
+        return resolve_config(overrides={
+            "preset": "repdistiller", "method": {"name": "sdd", **method},
+            "teacher": {"name": teacher_name, "untrained": True},
+            "student": {"name": student_name}, "data": {"name": "cifar100"}}).method.params
+
+    assert resolved("vgg13", "MobileNetV2", base="dkd").beta == 6.0
+    assert resolved("vgg13", "MobileNetV2", base="nkd").beta == 6.0
+    assert resolved("vgg13", "MobileNetV2", base="nkd").scales == "1,2,4"
+    assert resolved("resnet56", "resnet20").beta == 2.0
+    assert resolved("wrn_40_2", "ShuffleV1", base="dkd").beta == 8.0
+    assert resolved("ResNet50", "vgg8", base="nkd").scales == "1,2"
+    assert resolved("ResNet50", "vgg8", base="dkd").scales == "1,2,4"
+    assert resolved("resnet32x4", "resnet8x4", base="kd").scales == "1,2"
+    assert resolved("resnet32x4", "resnet8x4").scales == "1,2,4"  # no SD-DKD run in the scripts
+    assert resolved("vgg13", "vgg8").scales == "1,2"
 
 
 @pytest.mark.parametrize("base", ["kd", "dkd", "nkd"])

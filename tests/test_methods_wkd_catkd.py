@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kdzoo
-from kdzoo.spec import method_params
+from kdzoo.spec import method_params, resolve_config
 from kdzoo.data.loader import Batch
 from kdzoo.engine import RunDir, Trainer, build
 from kdzoo.errors import CheckpointError, ConfigError
@@ -54,11 +54,43 @@ def prepare(name, teacher="resnet8x4", student="resnet8", batch=6, epoch=1, epoc
 
 # ----------------------------------------------------------------------------------- WKD
 def test_wkd_defaults_are_the_authors_cifar_configs():
+    """JiamingLv/WKD@214cf88 configs/cifar100/wkd_{l,f,lf}/res32x4_res8x4.yaml: WKD-L 600 at
+    T 8, WKD-F 0.08 with ratio 4 and grid 1, WKD-L+F 200 / 0.08 with ratio 8."""
     assert method_defaults("wkd") == {
-        "variant": "logit", "ce_weight": 1.0, "logit_weight": 800.0, "feature_weight": 0.006,
+        "variant": "logit", "ce_weight": 1.0, "logit_weight": 600.0, "feature_weight": 0.08,
         "cosine_decay_epoch": 150, "temperature": 8.0, "sinkhorn_reg": 0.05, "sinkhorn_iter": 10,
         "cost": "fc", "cost_path": "", "cost_sharpen": 1.0, "feature_stage": -1,
         "projector": "conv1x1", "mean_cov_ratio": 4.0, "eps": 1e-5, "spatial_grid": 1}
+    feature = method_params("wkd", {"variant": "feature"})
+    assert (feature.feature_weight, feature.mean_cov_ratio, feature.spatial_grid) == (0.08, 4.0, 1)
+    both = method_params("wkd", {"variant": "both"})
+    assert (both.logit_weight, both.feature_weight, both.mean_cov_ratio, both.temperature) == (
+        200.0, 0.08, 8.0, 8.0)
+    assert method_params("wkd", {"variant": "both", "logit_weight": 5.0}).logit_weight == 5.0
+
+
+@pytest.mark.parametrize("variant,expected", [
+    ("logit", {"logit_weight": 200.0, "temperature": 6.0}),
+    ("feature", {"feature_weight": 0.3, "mean_cov_ratio": 3.0, "spatial_grid": 4}),
+    ("both", {"logit_weight": 60.0, "feature_weight": 0.5, "mean_cov_ratio": 3.0,
+              "spatial_grid": 4, "temperature": 4.0}),
+])
+def test_wkd_recipes_give_the_authors_wrn_40_2_shufflev1_configs(variant, expected):
+    """JiamingLv/WKD@214cf88 configs/cifar100/wkd_{l,f,lf}/wrn40_2_shuv1.yaml, and the authors'
+    Nesterov SGD (mdistiller/engine/trainer.py line 55) on every CIFAR-100 pair."""
+    config = resolve_config(overrides={
+        "preset": "repdistiller", "method": {"name": "wkd", "variant": variant},
+        "teacher": {"name": "wrn_40_2", "untrained": True}, "student": {"name": "ShuffleV1"},
+        "data": {"name": "cifar100"}})
+    params = config.method.params
+    assert {key: getattr(params, key) for key in expected} == expected
+    assert config.optim.nesterov is True and config.optim.lr == 0.01
+    plain = resolve_config(overrides={
+        "preset": "repdistiller", "method": {"name": "wkd"},
+        "teacher": {"name": "resnet32x4", "untrained": True}, "student": {"name": "resnet8x4"},
+        "data": {"name": "cifar100"}})
+    assert (plain.method.params.logit_weight, plain.method.params.temperature) == (600.0, 8.0)
+    assert plain.optim.nesterov is True
 
 
 def test_wkd_requests_depend_on_the_variant():
@@ -80,7 +112,7 @@ def test_wkd_logit_term_uses_the_teachers_classifier_cost():
     target, distance = KW.wkd_logit(student.logits, teacher.logits, step.batch.labels, cost,
                                      8.0, 0.05, 10)
     assert terms["wkd_target"].item() == pytest.approx(target.item(), rel=1e-12)
-    assert terms["wkd_logit"].item() == pytest.approx(800 * distance.item(), rel=1e-10)
+    assert terms["wkd_logit"].item() == pytest.approx(600 * distance.item(), rel=1e-10)
     terms["wkd_logit"].backward()
     assert t_net.fc.weight.grad is None
 
@@ -112,7 +144,7 @@ def test_wkd_feature_term_through_the_projector():
     mean_term, std_term = KW.gaussian_wasserstein(projected, teacher.stages[-1], 1e-5, 1)
     assert set(terms) == {"wkd_feature"}
     assert terms["wkd_feature"].item() == pytest.approx(
-        0.006 * (4 * mean_term.item() + std_term.item()), rel=1e-10)
+        0.08 * (4 * mean_term.item() + std_term.item()), rel=1e-10)
 
 
 def test_wkd_projectors_follow_the_spatial_sizes():
@@ -161,7 +193,7 @@ def test_wkd_cost_file_is_loaded_sharpened_and_checked(tmp_path):
     _, distance = KW.wkd_logit(student.logits, teacher.logits, step.batch.labels,
                                method.cost_matrix, 8.0, 0.05, 10)
     value = method({"student": student, "teacher": teacher}, step)["wkd_logit"]
-    assert value.item() == pytest.approx(800 * distance.item(), rel=1e-10)
+    assert value.item() == pytest.approx(600 * distance.item(), rel=1e-10)
     torch.save(torch.zeros(3, 3), path)
     with pytest.raises(ConfigError, match=r"holds \(3, 3\), not a \(10, 10\) cost matrix"):
         prepare("wkd", cost="file", cost_path=str(path))

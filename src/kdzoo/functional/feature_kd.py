@@ -9,6 +9,7 @@ inputs' dtype (half precision is computed in float32 where noted).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ __all__ = ["hierarchical_context_loss", "inter_channel_correlation", "kdsvd"]
 HCL_LEVELS = (4, 2, 1)
 #: Denominator of KDSVD's radial basis functions: exp(-d^2 / 8).
 KDSVD_RBF_SCALE = 8.0
+#: Which matrix of each map KDSVD decomposes: mdistiller's (C*H) x W ``view(B, C*H, W)``, or
+#: RepDistiller's (and the TensorFlow original's) (H*W) x C matrix.
+KDSVDVariant = Literal["mdistiller", "repdistiller"]
 
 
 def hierarchical_context_loss(student_features: Sequence[Tensor],
@@ -91,13 +95,23 @@ def _finite(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
-def _right_singular_vectors(feature: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """The first ``count`` right singular vectors (B, W, count), each L2-normalised, and the
-    first ``count`` singular values (B, count), L2-normalised as one vector, of the map viewed as
-    a (C*H) x W matrix per sample: mdistiller's ``svd(feat, n)`` (whose left singular vectors
-    are never used)."""
+def _right_singular_vectors(feature: Tensor, count: int,
+                            variant: KDSVDVariant = "mdistiller") -> tuple[Tensor, Tensor]:
+    """The first ``count`` right singular vectors (B, N, count), each L2-normalised, and the
+    first ``count`` singular values (B, count), L2-normalised as one vector, of each sample's
+    map viewed as a matrix (the left singular vectors are never used):
+
+    * ``"mdistiller"``: the (C*H) x W view, mdistiller's ``svd(feat, n)``; N = W;
+    * ``"repdistiller"``: the (H*W) x C matrix, RepDistiller's ``KDSVD.svd`` (``view(-1, C,
+      H*H).transpose(-2, -1)``, row h*W + w, column c); N = C.
+    """
     batch, channels, height, width = feature.shape
-    matrix = feature.reshape(batch, channels * height, width)
+    if variant == "mdistiller":
+        matrix = feature.reshape(batch, channels * height, width)
+    elif variant == "repdistiller":
+        matrix = feature.reshape(batch, channels, height * width).transpose(1, 2)
+    else:
+        raise ValueError(f"kdsvd: unknown variant {variant!r}; choose mdistiller or repdistiller")
     if matrix.dtype in (torch.float16, torch.bfloat16):
         matrix = matrix.float()  # the reference computes the SVD in float32 (``.float()``)
     _, values, vh = torch.linalg.svd(matrix, full_matrices=False)
@@ -107,8 +121,8 @@ def _right_singular_vectors(feature: Tensor, count: int) -> tuple[Tensor, Tensor
 
 
 def _align_to_teacher(student: Tensor, teacher: Tensor) -> Tensor:
-    """mdistiller's ``align_rsv``: for each teacher vector, the student vector of largest
-    absolute cosine, with the cosine's sign ((B, W, k) from (B, W, k + 3))."""
+    """mdistiller's (and RepDistiller's) ``align_rsv``: for each teacher vector, the student
+    vector of largest absolute cosine, with the cosine's sign ((B, N, k) from (B, N, k + 3))."""
     cosine = torch.matmul(student.transpose(-2, -1), teacher)
     best = cosine.abs().max(dim=1, keepdim=True).values
     mask = torch.where(best == cosine.abs(), torch.sign(cosine), torch.zeros_like(cosine))
@@ -116,30 +130,40 @@ def _align_to_teacher(student: Tensor, teacher: Tensor) -> Tensor:
 
 
 def kdsvd(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor],
-          k: int = 1) -> Tensor:
+          k: int = 1, variant: KDSVDVariant = "mdistiller") -> Tensor:
     """KDSVD: "Self-supervised Knowledge Distillation Using Singular Value Decomposition", Lee,
-    Kim & Song, ECCV 2018; ``kdsvd_loss`` in megvii-research/mdistiller
-    ``mdistiller/distillers/KDSVD.py`` (a port of the authors' TensorFlow code,
-    sseung0703/SSKD_SVD), summed over the pairs of consecutive stages.
+    Kim & Song, ECCV 2018, summed over the pairs of consecutive stages, as two ports of the
+    authors' TensorFlow code (sseung0703/SSKD_SVD) compute it (``variant``):
 
-    Per stage, each map is viewed per sample as a (C*H) x W matrix (mdistiller's
-    ``view(B, C*H, W)`` of the NCHW map; the TensorFlow original takes the (H*W) x C matrix of
-    its NHWC map) and decomposed; the teacher keeps its first ``k`` right singular vectors V_t,
-    the student its first k + 3, each L2-normalised, and every teacher vector picks the student
-    vector of largest absolute cosine, with its sign. Both are scaled by the teacher's first k
-    singular values, L2-normalised as a vector (so 1 for k = 1). For consecutive stages i-1, i,
-    the radial basis function R[b, p, q, j] = exp(-(V_i[b, p, j] - V_{i-1}[b, q, j])^2 / 8) is
-    built for both networks and the loss adds sum (R_s - R_t)^2 (non-finite terms 0) / B.
+    * ``"mdistiller"``: megvii-research/mdistiller@a08d46f ``mdistiller/distillers/KDSVD.py``
+      (``kdsvd_loss``): each map viewed per sample as a (C*H) x W matrix (``view(B, C*H, W)``
+      of the NCHW map), so the singular vectors live on the width W;
+    * ``"repdistiller"``: HobbitLong/RepDistiller@b84f547 ``distiller_zoo/KDSVD.py``: the
+      (H*W) x C matrix (``feat.view(-1, C, H*H).transpose(-2, -1)``, as the TensorFlow
+      original reshapes its NHWC map), so the singular vectors live on the channels C.
 
-    The teacher's side is a constant (the reference's ``.detach()``): no gradient reaches
-    ``teacher_features``. Each pair must have the same width W (pool with ``match_spatial_size``
-    where strides differ); the channel counts may differ. Half-precision maps are decomposed in
-    float32 as in the reference; float64 stays float64 (the reference's ``.float()`` would cast it
-    down). Like the reference, the gradient through the SVD is finite only while the student's
-    singular values are distinct.
+    Per stage, each matrix is decomposed; the teacher keeps its first ``k`` right singular
+    vectors V_t, the student its first k + 3, each L2-normalised, and every teacher vector picks
+    the student vector of largest absolute cosine, with its sign. Both are scaled by the
+    teacher's first k singular values, L2-normalised as a vector (so 1 for k = 1). For
+    consecutive stages i-1, i, the radial basis function R[b, p, q, j] = exp(-(V_i[b, p, j] -
+    V_{i-1}[b, q, j])^2 / 8) is built for both networks and the loss adds sum (R_s - R_t)^2
+    (non-finite terms 0) / B. The two references differ only in the matrix (RepDistiller
+    returns the per-pair terms, which its ``helper/loops.py`` sums).
+
+    The teacher's side is a constant (the references' ``.detach()``): no gradient reaches
+    ``teacher_features``. Each pair must have the same width W ("mdistiller"; pool with
+    ``match_spatial_size`` where strides differ) or the same channel count C ("repdistiller";
+    the spatial sizes may then differ); the other dimension may differ. RepDistiller's
+    ``view(-1, C, H*H)`` assumes square maps; H*W is used here, the same for square maps.
+    Half-precision maps are decomposed in float32 as in mdistiller; float64 stays float64
+    (mdistiller's ``.float()`` would cast it down). Like the references, the gradient through
+    the SVD is finite only while the student's singular values are distinct.
     """
     if k < 1:
         raise ValueError(f"kdsvd: k must be at least 1, got {k}")
+    if variant not in ("mdistiller", "repdistiller"):
+        raise ValueError(f"kdsvd: unknown variant {variant!r}; choose mdistiller or repdistiller")
     if len(student_features) != len(teacher_features) or len(student_features) < 2:
         raise ValueError(f"kdsvd: {len(student_features)} student and {len(teacher_features)} "
                          "teacher maps; it relates consecutive stages, so give at least two "
@@ -148,11 +172,12 @@ def kdsvd(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]
     previous: tuple[Tensor, Tensor] | None = None
     total: Tensor | None = None
     for fs, ft in zip(student_features, teacher_features):
-        if fs.shape[0] != ft.shape[0] or fs.shape[3] != ft.shape[3]:
-            raise ValueError(f"kdsvd: student map {tuple(fs.shape)} and teacher map "
-                             f"{tuple(ft.shape)} need the same batch size and width")
-        v_t, s_t = _right_singular_vectors(ft.detach(), k)
-        v_s, _ = _right_singular_vectors(fs, k + 3)
+        shared, what = (3, "width") if variant == "mdistiller" else (1, "channel count")
+        if fs.shape[0] != ft.shape[0] or fs.shape[shared] != ft.shape[shared]:
+            raise ValueError(f"kdsvd ({variant}): student map {tuple(fs.shape)} and teacher map "
+                             f"{tuple(ft.shape)} need the same batch size and {what}")
+        v_t, s_t = _right_singular_vectors(ft.detach(), k, variant)
+        v_s, _ = _right_singular_vectors(fs, k + 3, variant)
         v_s = _align_to_teacher(v_s, v_t)
         scale = s_t.unsqueeze(1)
         v_t, v_s = v_t * scale, v_s * scale

@@ -27,6 +27,11 @@ __all__ = ["decoupled_kd", "dist", "normalized_kd", "refined_logit_distillation"
            "weighted_soft_label_kd"]
 
 SDDBase = Literal["kd", "dkd", "nkd"]
+#: The classes of NKD's normalized (second) softmax: "non_target", the K - 1 classes other than
+#: the label (yzd-v/cls_KD since 9466b3f); "all", every class, the target included (cls_KD
+#: before that commit, and SDD's ``nkd.py`` and ``SDD_nkd.py``, which SDD's NKD and SD-NKD
+#: numbers were produced with).
+NKDMask = Literal["non_target", "all"]
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -83,13 +88,20 @@ def _decoupled_rows(student: Tensor, teacher: Tensor, target: Tensor, alpha: flo
 
 
 def _normalized_rows(student: Tensor, teacher: Tensor, target: Tensor,
-                     temperature: float | Tensor, gamma: float) -> Tensor:
-    """NKD's loss of each row: -p_t[y] log p_s[y] - gamma T^2 sum_{k != y} q_t,k log q_s,k, with
-    q the softmax at T over the non-target classes."""
+                     temperature: float | Tensor, gamma: float,
+                     mask: NKDMask = "non_target") -> Tensor:
+    """NKD's loss of each row: -p_t[y] log p_s[y] - gamma T^2 sum_k q_t,k log q_s,k, with q the
+    softmax at T over the non-target classes (``mask="non_target"``, k != y) or over all the
+    classes (``mask="all"``, the target kept)."""
     index = target.long().unsqueeze(-1)
     log_p_s = torch.log_softmax(student, dim=-1).gather(-1, index).squeeze(-1)
     p_t = torch.softmax(teacher, dim=-1).gather(-1, index).squeeze(-1)
-    keep = ~_label_mask(student, target)
+    if mask == "non_target":
+        keep = ~_label_mask(student, target)
+    elif mask == "all":
+        keep = torch.ones_like(student, dtype=torch.bool)
+    else:
+        raise ValueError(f"unknown NKD mask {mask!r}; choose non_target or all")
     log_q_s = _masked_log_softmax(student / temperature, keep)
     q_t = torch.where(keep, _masked_log_softmax(teacher / temperature, keep).exp(),
                       torch.zeros_like(log_q_s))
@@ -145,20 +157,30 @@ def dist(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0, gamm
 
 # ---------------------------------------------------------------------------------- NKD
 def normalized_kd(student_logits: Tensor, teacher_logits: Tensor, target: Tensor,
-                  temperature: float | Tensor = 1.0, gamma: float = 1.5) -> Tensor:
+                  temperature: float | Tensor = 1.0, gamma: float = 1.5,
+                  mask: NKDMask = "non_target") -> Tensor:
     """Normalized KD (Yang, Zeng, Li, Zhang, Yuan & Li, "From Knowledge Distillation to
     Self-Knowledge Distillation: A Unified Approach with Normalized Loss and Customized Soft
-    Labels", ICCV 2023; yzd-v/cls_KD ``mmcls/models/dis_losses/nkd.py``, ``NKDLoss``):
+    Labels", ICCV 2023; yzd-v/cls_KD@1e5d48f:mmcls/models/dis_losses/nkd.py, ``NKDLoss``):
 
-    mean_b [-p_t(y) log p_s(y)] - gamma T^2 mean_b sum_{k != y} q_t,k log q_s,k,
+    mean_b [-p_t(y) log p_s(y)] - gamma T^2 mean_b sum_k q_t,k log q_s,k,
 
-    the target term at temperature 1, q the softmax at T over the non-target classes (the
+    the target term at temperature 1, q the softmax at T over the classes ``mask`` keeps (the
     "normalized" non-target distributions). Like the reference it is a cross-entropy, not a KL
-    divergence (it differs from one by the teacher's entropy, which has no gradient). The mask is
-    the corrected one (cls_KD issue #16: the target class is excluded from the non-target part).
-    With two classes the non-target part is 0.
+    divergence (it differs from one by the teacher's entropy, which has no gradient).
+
+    ``mask`` names the two versions of the reference's ``scatter_`` mask:
+
+    * ``"non_target"`` (default): the K - 1 classes other than the label, as cls_KD computes
+      since its commit 9466b3f (2023-10-10, ``scatter_(1, label, 0)``, cls_KD issue #16). With
+      two classes the non-target part is 0.
+    * ``"all"``: every class, the target included: ``scatter_(1, label, 1)`` keeps all of them,
+      as cls_KD did before 9466b3f and as shicaiwei123/SDD-CVPR2024@e412036 still does in
+      ``mdistiller/distillers/nkd.py`` (line 23) and ``SDD_nkd.py`` (lines 23, 53), the code
+      behind SDD's NKD and SD-NKD numbers.
     """
-    return _normalized_rows(student_logits, teacher_logits, target, temperature, gamma).mean()
+    return _normalized_rows(student_logits, teacher_logits, target, temperature, gamma,
+                            mask).mean()
 
 
 # --------------------------------------------------------------------------------- WSLD
@@ -227,11 +249,11 @@ def refined_logit_distillation(student_logits: Tensor, teacher_logits: Tensor, t
 
 # ---------------------------------------------------------------------------------- SDD
 def spatial_pyramid_pool(feature_map: Tensor, scales: Sequence[int] = (1, 2, 4)) -> Tensor:
-    """SDD's spatial pyramid (shicaiwei123/SDD-CVPR2024 ``mdistiller/models/cifar/utils.py``,
-    ``SPP``): the (B, C, H, W) map average-pooled to a 4 x 4 grid (``AdaptiveAvgPool2d``), then
-    that grid average-pooled to s x s for each scale s; returns (B, N, C), N = sum s^2, the
-    regions in the order of ``scales`` and row-major within a scale (the first region of scale 1
-    is the global average of the grid)."""
+    """SDD's spatial pyramid (shicaiwei123/SDD-CVPR2024@e412036
+    ``mdistiller/models/cifar/utils.py``, ``SPP``): the (B, C, H, W) map average-pooled to a
+    4 x 4 grid (``AdaptiveAvgPool2d``), then that grid average-pooled to s x s for each scale s;
+    returns (B, N, C), N = sum s^2, the regions in the order of ``scales`` and row-major within a
+    scale (the first region of scale 1 is the global average of the grid)."""
     grid = F.adaptive_avg_pool2d(feature_map, 4)
     regions = [F.adaptive_avg_pool2d(grid, s).flatten(2) for s in scales]
     return torch.cat(regions, dim=2).transpose(1, 2)
@@ -249,9 +271,10 @@ def sdd_region_weights(teacher_region_logits: Tensor, target: Tensor) -> Tensor:
 
 def scale_decoupled_kd(student_region_logits: Tensor, teacher_region_logits: Tensor,
                        target: Tensor, base: SDDBase = "dkd", temperature: float | Tensor = 4.0,
-                       alpha: float = 1.0, beta: float = 8.0) -> Tensor:
+                       alpha: float = 1.0, beta: float = 8.0,
+                       nkd_mask: NKDMask = "non_target") -> Tensor:
     """Scale decoupled distillation (Wei, Luo & Luo, "Scale Decoupled Distillation", CVPR 2024;
-    shicaiwei123/SDD-CVPR2024 ``mdistiller/distillers/KD.py`` ``sdd_kd_loss``,
+    shicaiwei123/SDD-CVPR2024@e412036 ``mdistiller/distillers/KD.py`` ``sdd_kd_loss``,
     ``SDD_DKD.py`` ``multi_dkd``, ``SDD_nkd.py`` ``multi_nkd_loss``):
 
     sum_{b,n} w_b,n L(z_s,b,n, z_t,b,n, y_b) / (B N)
@@ -262,14 +285,14 @@ def scale_decoupled_kd(student_region_logits: Tensor, teacher_region_logits: Ten
     * ``"kd"``: T^2 KL(softmax(z_t/T) || softmax(z_s/T));
     * ``"dkd"``: alpha T^2 TCKD + beta T^2 NCKD, as :func:`decoupled_kd`;
     * ``"nkd"``: NKD's row loss (:func:`normalized_kd`) with gamma = ``beta`` (``SDD_nkd.py``
-      reads ``cfg.DKD.BETA`` as gamma and ``cfg.DKD.T`` as its temperature).
+      reads ``cfg.DKD.BETA`` as gamma and ``cfg.DKD.T`` as its temperature) and ``nkd_mask``:
+      "non_target" (default) the corrected mask of cls_KD, "all" the reference's own
+      (``SDD_nkd.py`` line 53 keeps the target class in the normalized softmax).
 
     With one region (scales (1,)) every weight is 1 and this is the base loss of the global
-    logits. kdzoo differs from the reference in two places, both deliberately: its NKD rows use
-    the corrected non-target mask (``SDD_nkd.py`` keeps the target class in the non-target
-    softmax, the bug fixed in cls_KD issue #16), and no non-finite loss is silently replaced by 0
-    (the reference's final ``isnan``/``isinf`` guard); the per-element NaNs the reference zeroes
-    in ``sdd_kd_loss`` cannot occur here.
+    logits. No non-finite loss is silently replaced by 0 (the reference's final
+    ``isnan``/``isinf`` guard); the per-element NaNs the reference zeroes in ``sdd_kd_loss``
+    cannot occur here.
     """
     weights = sdd_region_weights(teacher_region_logits.detach(), target)
     labels = target.long().unsqueeze(1).expand(weights.shape)
@@ -281,7 +304,7 @@ def scale_decoupled_kd(student_region_logits: Tensor, teacher_region_logits: Ten
                                beta, temperature)
     elif base == "nkd":
         rows = _normalized_rows(student_region_logits, teacher_region_logits, labels,
-                                temperature, beta)
+                                temperature, beta, nkd_mask)
     else:
         raise ValueError(f"unknown SDD base loss {base!r}; choose kd, dkd or nkd")
     return (weights * rows).sum() / weights.numel()

@@ -4,8 +4,8 @@ iterations) over a class-to-class cost, and the closed-form 2-Wasserstein distan
 diagonal Gaussians of feature maps of WKD-F.
 
 "Wasserstein Distance Rivals Kullback-Leibler Divergence for Knowledge Distillation", Lv, Yang &
-Li, NeurIPS 2024; the authors' code is github.com/JiamingLv/WKD (read here through its mirror
-github.com/hainn2803/WKD): ``mdistiller/distillers/WKD.py`` (``sinkhorn``, ``wkd_logit_loss``,
+Li, NeurIPS 2024; the authors' code is JiamingLv/WKD@214cf88 (https://github.com/JiamingLv/WKD):
+``mdistiller/distillers/WKD.py`` (``sinkhorn``, ``wkd_logit_loss``,
 ``wkd_logit_loss_with_speration``, ``adaptive_avg_std_pool2d``, ``wkd_feature_loss``) and
 ``tools/generate_cost_matrix.py`` (the linear-CKA cost). Every function is a pure function of
 tensors, float32 or float64 in, the same dtype out.
@@ -122,12 +122,14 @@ def sharpen_cost(cost: Tensor, sharpen: float = 1.0) -> Tensor:
 
 
 def linear_cka_cost(class_features: Tensor) -> Tensor:
-    """The reference's CIFAR cost (``tools/generate_cost_matrix.py``, ``linear_CKA``): for class
-    features (N, M, D) -- M samples of each class, e.g. the trained teacher's logits on its
-    training images (``tools/generate_class_proto.py``: the first M = min class count, test
-    transforms) -- cost_ij = 1 - CKA(X_i, X_j) with the linear CKA of column-centred X_i, X_j:
-    ||X_j^T X_i||_F^2 / (||X_i^T X_i||_F ||X_j^T X_j||_F). Computed offline, saved with
-    ``torch.save`` and given to wkd as ``cost_path``.
+    """The reference's cost (``tools/generate_cost_matrix.py``, ``linear_CKA_precenter``): for
+    class features (N, M, D) -- M samples of each class from the trained teacher on its training
+    images under the test transforms (``tools/generate_class_proto.py``): its logits on ImageNet
+    (the first M = min class count), its last-stage feature maps on CIFAR-100
+    (``generate_cost_matrix.sh``: ``--feature_type feature``, every spatial position of every
+    image a sample of D = C channels) -- cost_ij = 1 - CKA(X_i, X_j) with the linear CKA of
+    column-centred X_i, X_j: ||X_j^T X_i||_F^2 / (||X_i^T X_i||_F ||X_j^T X_j||_F). Computed
+    offline, saved with ``torch.save`` and given to wkd as ``cost_path``.
 
     Computed through the sample Gram matrices G_i = X_i X_i^T (M x M): ||X_j^T X_i||_F^2 =
     <G_i, G_j>_F and ||X_i^T X_i||_F = ||G_i||_F, the same numbers as the reference's loop over

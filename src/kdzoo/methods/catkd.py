@@ -41,7 +41,7 @@ class CATKDParams(MethodParams):
 @register_method("catkd")
 class ClassAttentionTransfer(Method[CATKDParams]):
     """Class attention transfer: "Class Attention Transfer Based Knowledge Distillation", Guo,
-    Yan, Li & Lin, CVPR 2023. Authors' code: github.com/GzyAftermath/CAT-KD,
+    Yan, Li & Lin, CVPR 2023. Authors' code: GzyAftermath/CAT-KD@4467073,
     ``mdistiller/distillers/CAT_KD.py``, ``mdistiller/engine/cfg.py``, ``tools/train.py``,
     ``mdistiller/models/cifar/*.py`` (the ``*_test`` models), ``configs/cifar100/CAT_KD/*.yaml``.
 

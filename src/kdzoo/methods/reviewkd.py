@@ -94,9 +94,9 @@ class ReviewKDParams(MethodParams):
 @register_method("reviewkd")
 class ReviewKD(Method[ReviewKDParams]):
     """Knowledge review: "Distilling Knowledge via Knowledge Review", Chen, Liu, Zhao & Jia,
-    CVPR 2021. Reference: megvii-research/mdistiller ``mdistiller/distillers/ReviewKD.py`` with
-    its defaults in ``mdistiller/engine/cfg.py`` (https://github.com/megvii-research/mdistiller),
-    which follows the authors' dvlab-research/ReviewKD ``CIFAR-100/model/reviewkd.py``.
+    CVPR 2021. Reference: megvii-research/mdistiller@a08d46f ``mdistiller/distillers/ReviewKD.py``
+    with its defaults in ``mdistiller/engine/cfg.py`` (https://github.com/megvii-research/mdistiller),
+    which follows the authors' dvlab-research/ReviewKD@cede6ea ``CIFAR-100/model/reviewkd.py``.
 
     The student's stage outputs (post-activation; pre-activation with ``student_preact``) and its
     pooled feature (as a 1x1 map) are fused from the deepest level up by attention-based fusion
@@ -107,11 +107,17 @@ class ReviewKD(Method[ReviewKDParams]):
     levels: loss = weight * min(epoch / warmup_epochs, 1) * HCL, the epoch 1-based, plus the
     cross-entropy with ``ce_weight``.
 
-    Defaults as mdistiller's cfg: weight 1.0 (``REVIEWKD_WEIGHT``; note that
-    ``configs/cifar100/reviewkd.yaml`` and the README's resnet32x4 -> resnet8x4 run use 5.0),
-    warm-up 20 epochs, ``ce_weight`` 1.0, middle width min(512, student's pooled width),
-    student post-activation (``STU_PREACT`` False). A ``warmup_epochs`` of 0 (the reference
-    divides by it) means no warm-up.
+    Defaults as mdistiller's cfg: weight 1.0 (``REVIEWKD_WEIGHT``), warm-up 20 epochs,
+    ``ce_weight`` 1.0, middle width min(512, student's pooled width), student post-activation
+    (``STU_PREACT`` False). A ``warmup_epochs`` of 0 (the reference divides by it) means no
+    warm-up. The authors' per-pair weights on CIFAR-100 (``CIFAR-100/script/reviewKD.sh``: 5
+    for wrn_16_2, wrn_40_1, ShuffleV1 and resnet8x4 students, 8 for ShuffleV2, 0.6 for
+    resnet20, 1 for resnet32; mdistiller's ``configs/cifar100/reviewkd.yaml`` also has 5 for
+    resnet8x4) are recipes (``configs/recipes/feature-methods.yaml``). Their own training
+    protocol (``CIFAR-100/train.py``: batch 128, lr 0.1 or 0.02 for ShuffleNet/MobileNet
+    students, Nesterov, drops after epochs 151/181/211, CIFAR-10's normalisation constants) is
+    not a recipe; the field-2026 grid sets it for its ReviewKD cell. Their warm-up counts epochs
+    from 0, this one from 1 as mdistiller's (``docs/differences.md``, reviewkd-warmup-epoch).
 
     Levels and sizes come from the networks' metadata instead of the reference's per-architecture
     tables (``IN_CHANNELS``, ``OUT_CHANNELS``, ``SHAPES``, ``OUT_SHAPES``): all stages both

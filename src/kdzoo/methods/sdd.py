@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..functional.logit_kd import scale_decoupled_kd, spatial_pyramid_pool
+from ..functional.logit_kd import NKDMask, scale_decoupled_kd, spatial_pyramid_pool
 from ..models.features import FeatureRequest, Features
 from ._logit import LogitMethod, LogitParams
 from ._networks import classifier_layer
@@ -18,9 +18,10 @@ from .registry import register_method
 
 #: The pyramids of the reference's ``--M`` option.
 SCALES = {"1": (1,), "1,2": (1, 2), "1,2,4": (1, 2, 4)}
-#: The reference's defaults per base loss (mdistiller's ``CFG.KD`` / ``CFG.DKD``, which the
-#: CIFAR-100 configs of the SDD repository do not override, and ``train_origin.py --warmup``):
-#: (ce_weight, weight, warmup). SD-KD applies no warm-up (it is commented out in ``SDD_KD``).
+#: The reference's defaults per base loss (``CFG.KD`` / ``CFG.DKD`` of its
+#: ``mdistiller/engine/cfg.py`` lines 60-64 and 161-167, which its CIFAR-100 configs do not
+#: override, and ``train_origin.py --warmup``, default 20): (ce_weight, weight, warmup). SD-KD
+#: applies no warm-up (it is commented out in ``SDD_KD``, ``KD.py`` line 142).
 BASE_DEFAULTS = {"kd": (0.1, 0.9, 0), "dkd": (1.0, 1.0, 20), "nkd": (1.0, 1.0, 20)}
 
 
@@ -33,6 +34,7 @@ class SDDParams(LogitParams):
     temperature: float = 4.0
     alpha: float = 1.0   # DKD's TCKD weight
     beta: float = 8.0    # DKD's NCKD weight; NKD's gamma
+    nkd_mask: NKDMask = "non_target"  # NKD base: the classes of its normalized softmax
     warmup: int | None = None       # None: the base's (kd 0: none, else 20 epochs)
     standardize: bool = False  # logit standardization (LS, CVPR 2024)
     ctkd: bool = False         # CTKD's learnable temperature (AAAI 2023)
@@ -61,12 +63,12 @@ class SDDParams(LogitParams):
 class ScaleDecoupledDistillation(LogitMethod[SDDParams]):
     """Scale decoupled distillation: "Scale Decoupled Distillation", Wei, Luo & Luo, CVPR 2024.
 
-    Reference: shicaiwei123/SDD-CVPR2024 (https://github.com/shicaiwei123/SDD-CVPR2024):
+    Reference: shicaiwei123/SDD-CVPR2024@e412036 (https://github.com/shicaiwei123/SDD-CVPR2024):
     ``mdistiller/models/cifar/utils.py`` (``SPP``) and the ``*_sdd`` models' ``forward``, and the
     losses ``sdd_kd_loss`` (``mdistiller/distillers/KD.py``), ``multi_dkd``
-    (``SDD_DKD.py``) and ``multi_nkd_loss`` (``SDD_nkd.py``); configs
-    ``configs/cifar100/sdd_{kd,dkd,nkd}/*.yaml``, ``train_origin.py`` and the run scripts
-    ``teacher_*.sh``.
+    (``SDD_DKD.py``) and ``multi_nkd_loss`` (``SDD_nkd.py``); ``mdistiller/engine/cfg.py``;
+    configs ``configs/cifar100/sdd_{kd,dkd,nkd}/*.yaml``, ``train_origin.py`` and the run
+    scripts ``teacher_*.sh``.
 
     The map each network averages into its pooled feature (``Features.pre_pool``) is pooled to a
     4 x 4 grid and from it to every scale of ``scales`` (the reference's ``--M``; default
@@ -81,18 +83,22 @@ class ScaleDecoupledDistillation(LogitMethod[SDDParams]):
 
     Defaults are the main CIFAR-100 setting: SD-DKD (the README's example and the method of the
     paper's main tables) with M = [1, 2, 4]. The per-base hyper-parameters default (None) to the
-    reference's: ``kd`` ce_weight 0.1, weight 0.9 (``CFG.KD``), no warm-up; ``dkd`` ce_weight 1,
-    alpha 1, beta 8, warm-up 20 (``CFG.DKD``, ``--warmup 20``); ``nkd`` ce_weight 1 and warm-up
-    20, its gamma being ``beta`` (8) and its temperature ``temperature`` (4), because
-    ``SDD_nkd.py`` reads ``cfg.DKD.BETA`` and ``cfg.DKD.T``. T is 4 for every base. The SDD
-    repository's ``cfg.py`` is not in the stored index; its CIFAR configs set no loss keys, so
-    these are mdistiller's ``cfg.py`` defaults, on which the repository is built.
+    reference's, which its ``mdistiller/engine/cfg.py`` gives (the CIFAR configs set only
+    ``DKD.BETA``): ``kd`` ce_weight 0.1, weight 0.9 (``CFG.KD``), no warm-up; ``dkd`` ce_weight
+    1, alpha 1, beta 8, warm-up 20 (``CFG.DKD``, ``train_origin.py --warmup 20``); ``nkd``
+    ce_weight 1 and warm-up 20 (``CFG.DKD.WARMUP``), its gamma being ``beta`` (8) and its
+    temperature ``temperature`` (4), because ``SDD_nkd.py`` reads ``cfg.DKD.BETA`` and
+    ``cfg.DKD.T``. T is 4 for every base. The authors' per-pair settings are recipes
+    (``configs/recipes/sdd.yaml``): ``DKD.BETA`` 2 or 6 of the pair configs (for the DKD and NKD
+    bases), and ``--M [1,2]`` where the run scripts use it.
 
-    Deliberate differences: the NKD base uses the corrected non-target mask (``SDD_nkd.py``
-    keeps the target class in the non-target softmax, the bug fixed in cls_KD issue #16); the
-    DKD base masks exactly instead of subtracting 1000 (see ``dkd``); and a non-finite loss is
-    not silently replaced by 0 as the reference's guard does. Networks whose pooled feature is
-    not the average of a map (torchvision adapters) are refused before the run.
+    ``nkd_mask`` picks the NKD base's normalized softmax: "non_target" (default), the corrected
+    mask of cls_KD (issue #16); "all", the reference's own (``SDD_nkd.py`` line 53 keeps the
+    target class), with which SDD's published SD-NKD numbers were produced (field-2026 runs
+    them so). Deliberate differences: the DKD base masks exactly instead of subtracting 1000
+    (see ``dkd``); and a non-finite loss is not silently replaced by 0 as the reference's guard
+    does. Networks whose pooled feature is not the average of a map (torchvision adapters) are
+    refused before the run.
     """
 
     paper = "Scale Decoupled Distillation, Wei, Luo & Luo, CVPR 2024"
@@ -117,6 +123,6 @@ class ScaleDecoupledDistillation(LogitMethod[SDDParams]):
         p = self.params
         s, t = self.logit_pair(*self.region_logits(features, step))
         loss = scale_decoupled_kd(s, t, step.batch.labels, p.base, self.temperature(step),
-                                  p.alpha, p.beta)
+                                  p.alpha, p.beta, p.nkd_mask)
         _, weight, warmup = p.resolved()
         return {"sdd": weight * warmup_factor(step.epoch, warmup) * loss}

@@ -146,7 +146,7 @@ class SimKDParams(MethodParams):
 @register_method("simkd")
 class SimKD(Method[SimKDParams]):
     """SimKD: "Knowledge Distillation with the Reused Teacher Classifier", Chen, Mei, Zhang, Wang,
-    Feng & Chen, CVPR 2022. Reference: DefangChen/SimKD (https://github.com/DefangChen/SimKD),
+    Feng & Chen, CVPR 2022. Reference: DefangChen/SimKD@2b389c3 (https://github.com/DefangChen/SimKD),
     ``models/util.py`` (``SimKD``), ``helper/loops.py`` (``train_distill``,
     ``validate_distill``), ``train_student.py --distill simkd`` and ``scripts/run_distill.sh``
     (``-c 0 -d 0 -b 1``, ``-f 2``).

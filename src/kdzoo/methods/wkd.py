@@ -5,7 +5,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -53,8 +53,8 @@ def cosine_decay(weight: float, epoch: int, epochs: int, start: int) -> float:
 class WKDParams(MethodParams):
     variant: Literal["logit", "feature", "both"] = "logit"
     ce_weight: float = 1.0
-    logit_weight: float = 800.0
-    feature_weight: float = 0.006
+    logit_weight: float = 600.0
+    feature_weight: float = 0.08
     cosine_decay_epoch: int = 150
     # WKD-L
     temperature: float = 8.0
@@ -69,6 +69,13 @@ class WKDParams(MethodParams):
     mean_cov_ratio: float = 4.0
     eps: float = 1e-5
     spatial_grid: int = 1
+
+    #: WKD-L+F of the authors' resnet32x4 -> resnet8x4 config
+    #: (JiamingLv/WKD@214cf88:configs/cifar100/wkd_lf/res32x4_res8x4.yaml lines 23-37); WKD-L
+    #: (wkd_l/res32x4_res8x4.yaml) and WKD-F (wkd_f/res32x4_res8x4.yaml) are the field defaults
+    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "both": {"logit_weight": 200.0, "feature_weight": 0.08, "mean_cov_ratio": 8.0},
+    }
 
     def check(self, method: str) -> None:
         positive(method, temperature=self.temperature, sinkhorn_reg=self.sinkhorn_reg,
@@ -90,50 +97,59 @@ class WKDParams(MethodParams):
 @register_method("wkd")
 class WassersteinKD(Method[WKDParams]):
     """Wasserstein distance KD: "Wasserstein Distance Rivals Kullback-Leibler Divergence for
-    Knowledge Distillation", Lv, Yang & Li, NeurIPS 2024. Authors' code: github.com/JiamingLv/WKD
-    (read through its mirror github.com/hainn2803/WKD): ``mdistiller/distillers/WKD.py``,
-    ``mdistiller/engine/cfg.py``, ``configs/cifar100/wkd_l/res32x4_res8x4.yaml``,
-    ``configs/cifar100/wkd_f/res32x4_res8x4.yaml``, ``tools/generate_cost_matrix.py``.
+    Knowledge Distillation", Lv, Yang & Li, NeurIPS 2024. Authors' code: JiamingLv/WKD@214cf88
+    (https://github.com/JiamingLv/WKD): ``mdistiller/distillers/WKD.py``,
+    ``mdistiller/engine/cfg.py``, ``mdistiller/engine/trainer.py``,
+    ``configs/cifar100/wkd_{l,f,lf}/*.yaml``, ``tools/generate_cost_matrix.py``.
 
     ``variant`` picks WKD-L ("logit", the default), WKD-F ("feature") or both ("both": the
     reference adds the two when both weights are positive):
 
     * WKD-L (:func:`kdzoo.functional.wasserstein.wkd_logit`): a target-class term
-      -mean p^t_y log p^s_y (temperature 1, weight 1, never decayed) plus ``logit_weight`` (800)
-      times the entropy-regularised Wasserstein distance between the student's and the
-      teacher's softmax at ``temperature`` (8) over the NON-target classes, by ``sinkhorn_iter``
-      (10) Sinkhorn iterations with ``sinkhorn_reg`` (lambda, 0.05), over the class cost
-      ReLU(C) + 1e-8, C = 1 - exp(-``cost_sharpen`` (1) * D) (``sharpen_cost``).
+      -mean p^t_y log p^s_y (temperature 1, weight 1, never decayed) plus ``logit_weight`` times
+      the entropy-regularised Wasserstein distance between the student's and the teacher's
+      softmax at ``temperature`` over the NON-target classes, by ``sinkhorn_iter`` (10) Sinkhorn
+      iterations with ``sinkhorn_reg`` (lambda, 0.05), over the class cost ReLU(C) + 1e-8,
+      C = 1 - exp(-``cost_sharpen`` (1) * D) (``sharpen_cost``).
     * WKD-F (:func:`kdzoo.functional.wasserstein.gaussian_wasserstein`): the student's
       post-activation map of stage ``feature_stage`` (-1, the reference's ``HINT_LAYER: -1``)
       goes through a projector (``projector``: "conv1x1", RepDistiller's ``ConvReg`` with
       BatchNorm and ReLU, :class:`kdzoo.methods._feature_maps.ConvRegressor`; or "bottleneck",
-      :class:`BottleneckRegressor`), then ``feature_weight`` (0.006) * (``mean_cov_ratio`` (4) *
-      mean term + std term) of the per-channel Gaussians (mean, sqrt(var + ``eps``)) of the whole
-      map (``spatial_grid`` 1) or of each cell of a grid, against the teacher's map.
+      :class:`BottleneckRegressor`), then ``feature_weight`` * (``mean_cov_ratio`` * mean term
+      + std term) of the per-channel Gaussians (mean, sqrt(var + ``eps``)) of the whole map
+      (``spatial_grid`` 1) or of each cell of a grid, against the teacher's map.
 
     Both weights follow the reference's cosine decay after epoch ``cosine_decay_epoch`` (150 of
     the reference's 240; no decay in runs of at most that many epochs): w * 0.5 * (1 + cos(pi
     (e - 150) / (E - 150))), 0 at the last epoch. Cross-entropy weight ``ce_weight`` 1.
 
-    Defaults are the authors' CIFAR-100 configs (ResNet32x4 -> ResNet8x4); ``cfg.py``'s generic
-    defaults differ (temperature 4, ratio 2, bottleneck projector, grid 4, hint layer 4).
+    Defaults are the authors' CIFAR-100 ResNet32x4 -> ResNet8x4 configs, per variant: WKD-L
+    (``wkd_l/res32x4_res8x4.yaml``) logit weight 600 (the initial commit 0ef7a28 had 800; the
+    authors changed it in 3829f2f), T 8; WKD-F (``wkd_f/res32x4_res8x4.yaml``) feature weight
+    0.08, ratio 4, grid 1, conv1x1; WKD-L+F (``wkd_lf/res32x4_res8x4.yaml``, the "both"
+    defaults ``variant_defaults``) logit weight 200, feature weight 0.08, ratio 8, T 8.
+    ``cfg.py``'s generic defaults differ (temperature 4, ratio 2, bottleneck projector, grid 4,
+    hint layer 4). The WRN-40-2 -> ShuffleV1 configs (WKD-L 200 at T 6; WKD-F 0.3, ratio 3,
+    grid 4; WKD-L+F 60 / 0.5, ratio 3, grid 4, T 4) and the authors' Nesterov SGD
+    (``trainer.py`` line 55) are recipes (``configs/recipes/wkd.yaml``) for CIFAR-100.
 
-    Deliberate difference, the cost D of WKD-L: the CIFAR config uses ``COST_MATRIX: cka``, a
-    matrix computed offline from the trained teacher (1 - linear CKA between the teacher's
-    logits on the training images of each pair of classes) and loaded from a file; kdzoo's
-    methods see no dataset pass before training, so the default ``cost="fc"`` is the
-    reference's other option: 1 - cosine similarity of the frozen teacher's classifier weights
-    (``COST_MATRIX: fc``; any network's classifier, where the reference reads ``teacher.fc``).
-    ``cost="file"`` loads a (classes x classes) tensor D from ``cost_path`` (``torch.save``;
-    :func:`kdzoo.functional.wasserstein.linear_cka_cost` computes the CKA one), which gives
-    the CIFAR config exactly. Other differences: the reference casts to float32 under autocast,
-    kdzoo computes in the features' dtype (at least float32); the restriction to non-target
-    classes is done with masks on the full matrix instead of gathering (B, N-1, N-1) costs (the
-    same numbers up to rounding); a student of another spatial size than ``ConvReg`` handles,
-    a projector "bottleneck" on maps of other sizes (the reference's branch for them cannot
-    run), a cell of one position (no variance) and a cost file of another shape are refused in
-    one line.
+    Deliberate differences (``docs/differences.md``): the cost D of WKD-L: the CIFAR configs use
+    ``COST_MATRIX: cka``, a matrix computed offline from the trained teacher (1 - linear CKA
+    between the teacher's last-stage feature maps on the training images of each pair of
+    classes, ``generate_cost_matrix.sh``) and loaded from a file; kdzoo's methods see no dataset
+    pass before training, so the default ``cost="fc"`` is the reference's other option: 1 -
+    cosine similarity of the frozen teacher's classifier weights (``COST_MATRIX: fc``; any
+    network's classifier, where the reference reads ``teacher.fc``). ``cost="file"`` loads a
+    (classes x classes) tensor D from ``cost_path`` (``torch.save``; the authors ship theirs as
+    ``wkd_cost_matrix/cifar100/<teacher>/linear_cka.pth``, computed from mdistiller's
+    teachers), which gives the CIFAR configs exactly. The reference trains under fp16 autocast
+    with a GradScaler (``trainer.py`` lines 45, 199-200; ``WKD.py`` line 195) and computes the
+    losses in float32; kdzoo trains in float32 unless ``--amp`` is given, and computes in the
+    features' dtype (at least float32). The restriction to non-target classes is done with
+    masks on the full matrix instead of gathering (B, N-1, N-1) costs (the same numbers up to
+    rounding); a student of another spatial size than ``ConvReg`` handles, a projector
+    "bottleneck" on maps of other sizes (the reference's branch for them cannot run), a cell of
+    one position (no variance) and a cost file of another shape are refused in one line.
     """
 
     paper = ("Wasserstein Distance Rivals Kullback-Leibler Divergence for Knowledge "
