@@ -218,3 +218,14 @@ def test_bad_grids_are_refused_in_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "z")]) == 2
     assert "did you mean 'st'" in capsys.readouterr().err
     assert not (tmp_path / "z").exists()
+
+
+def test_a_method_entry_may_name_its_pairs(tmp_path):
+    spec = {"data": "digits", "pairs": [{"teacher": "resnet20", "student": "resnet8"},
+                                        {"teacher": "resnet56", "student": "resnet20"}],
+            "settings": {"teacher": {"untrained": True}},
+            "methods": ["st", {"name": "at", "pairs": [{"teacher": "resnet56",
+                                                        "student": "resnet20"}]}]}
+    runs = [(r.method, r.teacher, r.student) for r in expand(spec, tmp_path)]
+    assert ("at", "resnet56", "resnet20") in runs and ("at", "resnet20", "resnet8") not in runs
+    assert {("st", "resnet20", "resnet8"), ("st", "resnet56", "resnet20")} <= set(runs)

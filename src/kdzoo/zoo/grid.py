@@ -21,6 +21,7 @@ A grid file (``kdzoo zoo --grid grid.yaml``; the packaged grids are ``kdzoo list
       - {name: crd, settings: {method: {weight: 0.2}},
          data_settings: {cifar100: {method: {weight: 0.8}}}}   # per dataset, on top
       - {name: crd, label: crd+kd, settings: {loss: {kd: 1}}}  # a second variant, named
+      - {name: kdsvd, pairs: [{teacher: resnet32x4, student: resnet8x4}]}  # on these pairs only
     published:                    # published numbers, shown by `kdzoo report` (optional)
       - {method: crd, teacher: resnet110, student: resnet20, data: cifar100, top1: 71.46,
          metric: last, source: "RepDistiller README"}
@@ -138,28 +139,33 @@ def _seeds(value: Any) -> list[int]:
     return seeds
 
 
-def _methods(value: Any) -> list[tuple[str, str | None, dict[str, Any]]]:
-    """(name, label, settings per dataset, "" for every dataset) per method; ``all`` is every
-    registered method."""
-    found: list[tuple[str, str | None, dict[str, Any]]] = []
+MethodEntry = tuple[str, "str | None", dict[str, Any], "set[tuple[str | None, str]] | None"]
+
+
+def _methods(value: Any) -> list[MethodEntry]:
+    """(name, label, settings per dataset ("" for every dataset), the pairs it runs on (None:
+    every pair of the grid)) per method; ``all`` is every registered method."""
+    found: list[MethodEntry] = []
     for item in _as_list(value, "methods"):
         if isinstance(item, str):
             item = {"name": item}
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or \
-                set(item) - {"name", "label", "settings", "data_settings"}:
+                set(item) - {"name", "label", "settings", "data_settings", "pairs"}:
             raise ConfigError(f"grid methods: each entry is a name or {{name: ..., label: ..., "
-                              f"settings: ..., data_settings: {{DATA: ...}}}}, got {item!r}")
+                              f"settings: ..., data_settings: {{DATA: ...}}, pairs: [...]}}, "
+                              f"got {item!r}")
         name, label = item["name"], item.get("label")
         if name == "all":
-            found += [(m, None, {"": {}}) for m in METHODS.names()]
+            found += [(m, None, {"": {}}, None) for m in METHODS.names()]
             continue
         METHODS.get(name)  # a one-line error with "did you mean" for a misspelled name
         if label is not None and not (isinstance(label, str) and
                                       re.fullmatch(r"[A-Za-z0-9_.+]+", label)):
             raise ConfigError(f"grid methods: label {label!r} of {name} must be letters, digits "
                               "and _ . + (it names run folders)")
+        only = None if item.get("pairs") is None else set(_pairs(item["pairs"]))
         found.append((name, label, {"": item.get("settings") or {},
-                                    **(item.get("data_settings") or {})}))
+                                    **(item.get("data_settings") or {})}, only))
     if not found:
         raise ConfigError("the grid names no method: pass --methods (or methods: in the grid)")
     return found
@@ -262,7 +268,9 @@ def expand(spec: dict[str, Any], root: str | Path) -> Grid:
 
     for data in datasets:
         for teacher, student in pairs:
-            for method, label, settings in methods:
+            for method, label, settings, only in methods:
+                if only is not None and (teacher, student) not in only:
+                    continue  # the authors configured the method for other pairs only
                 roles = METHODS.get(method).roles
                 uses_teacher = any(r.source == "teacher" for r in roles)
                 frozen = any(r.source == "teacher" and not r.trainable for r in roles)
