@@ -132,3 +132,14 @@ def test_list_methods_shows_every_method_with_its_paper(capsys):
     for name in kdzoo.list_methods():
         line = next(l for l in out.splitlines() if l.split()[0] == name)
         assert get_method_class(name).paper in line
+
+
+def test_list_methods_differences_prints_docs_differences(capsys):
+    from pathlib import Path
+
+    code, out, _ = run(capsys, "list", "methods", "--differences")
+    assert code == 0
+    written = (Path(__file__).parent.parent / "docs" / "differences.md").read_text()
+    assert out == written and "## wkd-cost-fc" in out
+    code, _, err = run(capsys, "list", "models", "--differences")
+    assert code == 2 and "--differences goes with `kdzoo list methods`" in err
