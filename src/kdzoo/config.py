@@ -235,6 +235,9 @@ class TrainConfig:
     trust_checkpoint: bool = field(default=False, metadata=RUNTIME)
     deterministic: bool = field(default=False, metadata=RUNTIME)  # CPU runs always are
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient: stop, or skip it
+    #: evaluate on the test split after every epoch; False never reads it (the teacher is
+    #: checked on the validation split): `kdzoo tune`'s trials, which must not see the test set
+    evaluate_test: bool = field(default=True, metadata=RUNTIME)
     #: apply the authors' published settings for method and pair (their values are compared)
     use_recipes: bool = field(default=True, metadata=RUNTIME)
     recipes: tuple[str, ...] = field(default=(), metadata=RUNTIME)  # the recipes applied
@@ -243,6 +246,9 @@ class TrainConfig:
         _positive("", inference_chunk=self.inference_chunk,
                   eval_batch_size=self.eval_batch_size, log_interval=self.log_interval,
                   threads=self.threads)
+        if not self.evaluate_test and self.data.val_split == 0:
+            raise ConfigError("evaluate_test=false needs a validation split to evaluate on: "
+                              "pass --val-split FRACTION")
         if self.optim.dot_delta is not None and self.amp == "fp16":
             raise ConfigError("DOT (optim.dot_delta) does not support --amp fp16 (loss "
                               "scaling), as mdistiller's: use --amp bf16 or no --amp")

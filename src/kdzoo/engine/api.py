@@ -18,7 +18,7 @@ from .events import check_tensorboard
 from .rundir import LOG, NullRecorder, RunDir
 from .shared import SharedParts
 from .state import check_resume_config
-from .trainer import Trainer
+from .trainer import EpochHook, Trainer
 
 log = logging.getLogger("kdzoo")
 
@@ -56,15 +56,18 @@ def default_out(config: TrainConfig, resume: bool = False) -> Path:
 
 
 def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-        progress: bool | None = None, shared: SharedParts | None = None) -> RunResult:
+        progress: bool | None = None, shared: SharedParts | None = None,
+        on_epoch: EpochHook | None = None) -> RunResult:
     """Train ``config.student`` (distilled from ``config.teacher`` by ``config.method``) and
     write the run folder ``config.out``. Bad input raises :class:`~kdzoo.errors.KdzooError`
     before anything is written; ``resume`` continues the run in ``config.out`` from its last
     checkpoint; ``overwrite`` replaces the kdzoo files of an existing folder. ``config`` is the
     run spec of :func:`kdzoo.resolve_config`; ``shared`` keeps the dataset and frozen teachers
-    for the next runs of this process (:class:`~kdzoo.engine.shared.SharedParts`)."""
+    for the next runs of this process (:class:`~kdzoo.engine.shared.SharedParts`); ``on_epoch``
+    is called with each epoch's record once it is written (an exception it raises stops the
+    run there, its checkpoint kept)."""
     with run_context(config):
-        return _fit(config, resume, overwrite, progress, shared)
+        return _fit(config, resume, overwrite, progress, shared, on_epoch)
 
 
 @contextlib.contextmanager
@@ -101,18 +104,20 @@ def run_context(config: TrainConfig) -> Iterator[None]:
 
 
 def _fit(config: TrainConfig, resume: bool, overwrite: bool, progress: bool | None,
-         shared: SharedParts | None) -> RunResult:
+         shared: SharedParts | None, on_epoch: EpochHook | None) -> RunResult:
     created = not distributed.dist.is_initialized()
     context, device = distributed.setup(config.device)
     try:
-        return _fit_process(config, resume, overwrite, progress, context, device, shared)
+        return _fit_process(config, resume, overwrite, progress, context, device, shared,
+                            on_epoch)
     finally:
         distributed.teardown(context, created)
 
 
 def _fit_process(config: TrainConfig, resume: bool, overwrite: bool, progress: bool | None,
                  context: distributed.DistContext, device: torch.device | None,
-                 shared: SharedParts | None = None) -> RunResult:
+                 shared: SharedParts | None = None,
+                 on_epoch: EpochHook | None = None) -> RunResult:
     """One process's part of a run: the whole run, or one rank of a torchrun launch (every
     rank checks the input, so a bad one stops them all; rank 0 alone writes)."""
     out = Path(config.out) if config.out else default_out(config, resume)
@@ -149,7 +154,7 @@ def _fit_process(config: TrainConfig, resume: bool, overwrite: bool, progress: b
                      context.world, context.backend, config.optim.batch_size, context.world,
                      config.optim.batch_size // context.world,
                      ", synchronised BatchNorm" if config.sync_bn else "")
-        summary = Trainer(parts, run, progress).fit(resume=resume)
+        summary = Trainer(parts, run, progress, on_epoch).fit(resume=resume)
     finally:
         log.setLevel(level)
         if handler is not None:

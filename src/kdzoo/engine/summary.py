@@ -27,7 +27,9 @@ class RunFacts:
     teacher checked."""
 
     teacher: str | None            # the frozen teacher's model (None: the method has none)
-    teacher_eval: dict[str, float] | None  # its test top-1/top-5, checked before distilling
+    #: its top-1/top-5, checked before distilling: on the test split, or on the validation
+    #: split when the run never reads the test split (``evaluate_test=False``)
+    teacher_eval: dict[str, float] | None
     teacher_untrained: bool        # it had no checkpoint (BatchNorms calibrated)
     peers: dict[str, str] = field(default_factory=dict)  # trained peer role -> its model
     student_parameters: int = 0
@@ -79,6 +81,7 @@ def make_summary(config: TrainConfig, history: list[dict[str, Any]], facts: RunF
     best = select_best(history)
     val = scores(history, "val")
     teacher = facts.teacher_eval or {}
+    teacher_test, teacher_val = (teacher, {}) if config.evaluate_test else ({}, teacher)
     return {
         "format": SUMMARY_FORMAT,
         "metrics_format": METRICS_FORMAT,
@@ -101,8 +104,9 @@ def make_summary(config: TrainConfig, history: list[dict[str, Any]], facts: RunF
         "last_top5": last.get("top5"),
         "last_val_top1": val[-1][1]["top1"] if val else None,
         "last_epoch": last_epoch,
-        "teacher_top1": teacher.get("top1"),
-        "teacher_top5": teacher.get("top5"),
+        "teacher_top1": teacher_test.get("top1"),
+        "teacher_top5": teacher_test.get("top5"),
+        "teacher_val_top1": teacher_val.get("top1"),  # only when the test split is never read
         "teacher_untrained": facts.teacher_untrained,
         **_peer_fields(history, facts.peers),
         "student_parameters": facts.student_parameters,

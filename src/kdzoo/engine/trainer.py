@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -45,6 +45,11 @@ from .summary import RunFacts, make_summary
 log = logging.getLogger("kdzoo")
 
 
+#: Called with each epoch's record once it is checkpointed and written (``kdzoo tune`` reports
+#: the validation accuracy to its trial there, and stops a pruned trial by raising).
+EpochHook = Callable[[dict[str, Any]], None]
+
+
 def total_loss(terms: Iterable[Tensor]) -> Tensor:
     """The sum of the loss terms in float32 or wider (bf16/fp16 terms under autocast are summed
     in float32; float64 runs stay float64)."""
@@ -63,8 +68,10 @@ class EpochSetup:
 class Trainer:
     """Runs the stages of one distillation run and writes its folder."""
 
-    def __init__(self, parts: Components, run: RunDir, progress: bool | None = None) -> None:
+    def __init__(self, parts: Components, run: RunDir, progress: bool | None = None,
+                 on_epoch: EpochHook | None = None) -> None:
         self.parts = parts
+        self.on_epoch = on_epoch
         self.run = run
         self.dist = parts.dist
         self.progress = (sys.stderr.isatty() if progress is None else progress) and \
@@ -279,20 +286,26 @@ class Trainer:
                 "train": train, "time": {"train_seconds": seconds}}
 
     def check_teacher(self) -> dict[str, float]:
-        """The frozen teacher's test accuracy (from the cache when it holds the test logits);
-        under DDP computed by rank 0 and given to every rank."""
+        """The frozen teacher's accuracy on the test split (from the cache when it holds the
+        test logits), or on the validation split when the run never reads the test split
+        (``evaluate_test=False``); under DDP computed by rank 0 and given to every rank."""
         if not self.dist.is_main:
             return distributed.broadcast_object(None)
         return distributed.broadcast_object(self._check_teacher())
 
     def _check_teacher(self) -> dict[str, float]:
         parts = self.parts
+        runner = parts.teacher_runner  # the fast path computes the same logits, sooner
+        assert runner is not None
+        if not parts.config.evaluate_test:
+            logits = torch.cat([runner(b.images).logits
+                                for b in parts.loader.test_batches("val")])
+            labels = parts.loader.data.val_labels
+            return accuracy_of_logits(logits.to(labels.device).float(), labels)
         labels = parts.loader.data.test_labels
         cache = parts.teacher_cache
         logits = cache.test_logits() if cache is not None else None
         if logits is None:
-            runner = parts.teacher_runner  # the fast path computes the same logits, sooner
-            assert runner is not None
             logits = torch.cat([runner(b.images).logits for b in parts.loader.test_batches()])
             if cache is not None:
                 cache.store_test_logits(logits)
@@ -311,7 +324,8 @@ class Trainer:
     def _evaluate_epoch(self) -> dict[str, Any]:
         parts = self.parts
         start = time.perf_counter()
-        splits = ["test"] + (["val"] if parts.data.val_labels is not None else [])
+        splits = (["test"] if parts.config.evaluate_test else []) + \
+            (["val"] if parts.data.val_labels is not None else [])
         record: dict[str, Any] = {}
         for role in parts.method.trainable_roles():
             network = parts.method.deployed(role.name, parts.networks[role.name])
@@ -415,9 +429,9 @@ class Trainer:
                      "batches", role, parts.networks[role].model_name, batches)
         if parts.teacher is not None:
             self.teacher_eval = self.check_teacher()
-            log.info("teacher %s: test top-1 %.2f%%, top-5 %.2f%% (checked before distilling)",
-                     parts.teacher.model_name, self.teacher_eval["top1"],
-                     self.teacher_eval["top5"])
+            log.info("teacher %s: %s top-1 %.2f%%, top-5 %.2f%% (checked before distilling)",
+                     parts.teacher.model_name, "test" if parts.config.evaluate_test else "val",
+                     self.teacher_eval["top1"], self.teacher_eval["top5"])
         facts = self.facts()
         total_epochs = sum(s.epochs for s in parts.stages)
         for index in range(self.stage_index, len(parts.stages)):
@@ -442,6 +456,8 @@ class Trainer:
                 self.run.write_summary(make_summary(parts.config, self.history, facts, wall,
                                                     finished=False))
                 log.info(epoch_line(record, total_epochs))
+                if self.on_epoch is not None:
+                    self.on_epoch(record)
         wall = self.wall_before + time.perf_counter() - started
         for role in parts.method.trainable_roles():
             self.run.export(role.name, parts.method.deployed(role.name, parts.networks[role.name]),

@@ -1,0 +1,1 @@
+"""``kdzoo tune``: hyper-parameter search with Optuna on the validation split."""
