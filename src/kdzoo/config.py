@@ -238,6 +238,9 @@ class TrainConfig:
     #: evaluate on the test split after every epoch; False never reads it (the teacher is
     #: checked on the validation split): `kdzoo tune`'s trials, which must not see the test set
     evaluate_test: bool = field(default=True, metadata=RUNTIME)
+    #: the study a run's settings were tuned by (``kdzoo tune``: study, storage, trial, its
+    #: validation top-1, the space searched); recorded in config.yaml and summary.json
+    tuned: dict[str, Any] | None = field(default=None, metadata=RUNTIME)
     #: apply the authors' published settings for method and pair (their values are compared)
     use_recipes: bool = field(default=True, metadata=RUNTIME)
     recipes: tuple[str, ...] = field(default=(), metadata=RUNTIME)  # the recipes applied
@@ -304,7 +307,7 @@ def changes_result(key: str) -> bool:
     if section not in fields:
         return True
     found = fields[section]
-    if not rest:
+    if not rest or not found.metadata.get("changes_result", True):  # a runtime section's keys
         return found.metadata.get("changes_result", True)
     cls = typing.get_type_hints(TrainConfig)[section]
     inner = {f.name: f for f in dataclasses.fields(cls)}

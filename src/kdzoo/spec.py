@@ -45,12 +45,14 @@ def resolve_config(
     config_file: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     assignments: list[str] | None = None,
+    on_top: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
     """The run spec of defaults < preset < recipes < ``config_file`` < ``overrides`` (flags) <
-    ``assignments`` (``--set key=value``); the recipes fill only keys no other layer sets."""
+    ``assignments`` (``--set key=value``) < ``on_top`` (what a caller such as ``kdzoo tune``
+    sets for each of its runs); the recipes fill only keys no other layer sets."""
     from_file = load_yaml_file(config_file) if config_file else {}
     return config_from_dict(_layered([from_file, dict(overrides or {}),
-                                      parse_set(assignments or [])]))
+                                      parse_set(assignments or []), dict(on_top or {})]))
 
 
 def default_settings(method: str, student: str, data: str) -> dict[str, Any]:

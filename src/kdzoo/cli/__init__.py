@@ -3,7 +3,7 @@
 This package is the only place that builds argparse parsers: here the top-level parser, the
 logging set-up and the command table; each command's parser and function in a module of its
 own (``run``: train, eval, cache-teacher and the shared run options; ``zoo``: zoo, report,
-plot; ``catalog``: list; ``teachers``; ``demo``; ``bench``). Nothing below imports it.
+plot; ``tune``; ``catalog``: list; ``teachers``; ``demo``; ``bench``). Nothing below imports it.
 
 Exit status 0 on success, 2 for bad input: every user error is one line on stderr naming the
 problem and the fix, without a traceback.
@@ -23,6 +23,7 @@ from .demo import add_demo_parser, cmd_demo
 from .run import (add_cache_parser, add_eval_parser, add_train_parser, cmd_cache_teacher,
                   cmd_eval, cmd_train)
 from .teachers import add_teachers_parser, cmd_teachers
+from .tune import add_tune_parser, cmd_tune
 from .zoo import (add_plot_parser, add_report_parser, add_zoo_parser, cmd_plot, cmd_report,
                   cmd_zoo)
 
@@ -40,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list": cmd_list, "demo": cmd_demo,
             "cache-teacher": cmd_cache_teacher, "bench": cmd_bench, "teachers": cmd_teachers,
-            "zoo": cmd_zoo, "report": cmd_report, "plot": cmd_plot}
+            "zoo": cmd_zoo, "report": cmd_report, "plot": cmd_plot, "tune": cmd_tune}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -48,7 +49,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kdzoo {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for add in (add_train_parser, add_zoo_parser, add_report_parser, add_plot_parser,
+    for add in (add_train_parser, add_zoo_parser, add_tune_parser, add_report_parser,
+                add_plot_parser,
                 add_eval_parser, add_list_parser, add_demo_parser, add_cache_parser,
                 add_bench_parser, add_teachers_parser):
         add(sub)

@@ -92,6 +92,7 @@ def make_summary(config: TrainConfig, history: list[dict[str, Any]], facts: RunF
         "seed": config.seed,
         "hyperparameters": config.method.params.to_dict(),
         "recipes": list(config.recipes),
+        "tuned": config.tuned,  # the study that chose the settings (kdzoo tune), or None
         "finished": finished,
         "epochs": len(history),
         "selection": best["selection"],
