@@ -50,6 +50,29 @@ def describe_methods() -> str:
     return text_table(["method", "paper", "defaults", "link"], rows)
 
 
+def describe_search_spaces() -> str:
+    """Every method's default search space (``configs/search-spaces.yaml``): one row per
+    searched hyper-parameter, with its distribution and the method's default value."""
+    from ..methods import METHODS, method_defaults
+    from ..tune.space import method_spaces
+
+    spaces = method_spaces()
+    rows = []
+    for name in METHODS.names():
+        defaults = method_defaults(name)
+        entries = spaces.get(name) or {}
+        if not entries:
+            rows.append([name, "-", "(nothing searched by default)", "-"])
+        for key, text in entries.items():
+            rows.append([name, key, str(text), str(defaults.get(key, "-"))])
+    override = ("override with `kdzoo tune --space KEY=DISTRIBUTION` (e.g. --space "
+                "method.weight=loguniform:0.01:100) or `--space-file FILE.yaml`;\n"
+                "optimiser settings such as optim.lr and optim.weight_decay can be searched "
+                "the same way")
+    return f"{text_table(['method', 'hyper-parameter', 'distribution', 'default'], rows)}" \
+           f"\n\n{override}"
+
+
 def describe_datasets() -> str:
     from ..data.base import DATASETS
 
@@ -97,9 +120,18 @@ def add_list_parser(sub: Any) -> None:
     p.add_argument("--differences", action="store_true",
                    help="with methods: where kdzoo deliberately differs from the authors' code, "
                         "and why (the text of docs/differences.md)")
+    p.add_argument("--search-space", action="store_true",
+                   help="with methods: each method's default search space for `kdzoo tune` "
+                        "(hyper-parameter, distribution, default)")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.search_space:
+        if args.what != "methods" or args.differences:
+            raise KdzooError("--search-space goes with `kdzoo list methods` (without "
+                             "--differences)")
+        print(describe_search_spaces())
+        return 0
     if args.differences:
         if args.what != "methods":
             raise KdzooError("--differences goes with `kdzoo list methods`")

@@ -18,6 +18,8 @@ log = logging.getLogger("kdzoo")
 
 #: The files `kdzoo plot` writes (and may replace) in its folder.
 PLOT_FILES = {"accuracy.png", "terms.png", "results.png"}
+#: The files `kdzoo plot TUNE_DIR` writes besides (and slice_<hyper-parameter>.png).
+STUDY_PLOTS = {"optimization_history.png", "param_importances.png"}
 
 
 def add_zoo_parser(sub: Any) -> None:
@@ -113,8 +115,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..report.collect import collect
     from ..report.table import markdown, report_data, to_csv, to_json
 
-    data = report_data(collect(args.paths))
-    print(markdown(data))
+    from ..tune.inspect import is_tune_folder, load_tune_study, trials_table
+
+    studies = [p for p in args.paths if is_tune_folder(p)]
+    runs = [p for p in args.paths if p not in studies or (Path(p) / "final").is_dir()]
+    data = report_data(collect(runs)) if runs else None
+    if data is not None:
+        print(markdown(data))
+    for path in studies:  # a tune folder: its study's best trials too
+        print(f"\n{path}: {trials_table(load_tune_study(path))}")
+    if data is None:
+        if args.csv or args.json:
+            raise KdzooError("--csv and --json write the runs' table, and these tune folders "
+                             "have no final runs yet")
+        return 0
     if args.csv:
         _write_new(args.csv, to_csv(data), args.overwrite)
     if args.json:
@@ -134,10 +148,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from ..report.collect import collect
     from ..report.plot import plot
 
+    from ..tune.inspect import is_tune_folder, load_tune_study, plot_study
+
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or set(p.name for p in out.iterdir()) - PLOT_FILES):
+    if out.exists() and (not out.is_dir() or
+                         any(not _is_plot_file(p.name) for p in out.iterdir())):
         raise KdzooError(f"{out} exists and holds other files than kdzoo's plots: choose "
                          "another --out")
-    for name, figure in plot(collect(args.paths), out).items():
-        print(f"{figure['path']}")
+    studies = [path for path in args.paths if is_tune_folder(path)]
+    for path in studies:  # Optuna's pictures of the search
+        prefix = f"{Path(path).resolve().name}--" if len(studies) > 1 else ""
+        for written in plot_study(load_tune_study(path), out, prefix):
+            print(written)
+    runs = [p for p in args.paths if p not in studies or (Path(p) / "final").is_dir()]
+    if runs:
+        for name, figure in plot(collect(runs), out).items():
+            print(f"{figure['path']}")
     return 0
+
+
+def _is_plot_file(name: str) -> bool:
+    stem = name.split("--")[-1]  # several tune folders: <folder>--<plot>.png
+    return stem in PLOT_FILES | STUDY_PLOTS or stem.startswith("slice_") and stem.endswith(".png")

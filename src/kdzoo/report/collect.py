@@ -19,6 +19,9 @@ from ..layers import flatten
 from ..engine.rundir import CONFIG, SUMMARY, read_summary, run_status
 from ..errors import KdzooError
 
+#: The file that marks a ``kdzoo tune`` folder (its runs to report are under final/).
+TUNE_STATE = "tune.json"
+
 @dataclass
 class Run:
     """One run folder (or a grid's run that has none yet)."""
@@ -79,6 +82,9 @@ def collect(paths: list[str | Path]) -> list[Run]:
                 found.setdefault(folder.resolve(), _run(folder, entry.get("published"),
                                                         Path(entry["config"]),
                                                         entry.get("label")))
+        elif (path / TUNE_STATE).is_file():  # a tune folder: its final runs (not the trials)
+            for summary in sorted((path / "final").rglob(SUMMARY)):
+                found.setdefault(summary.parent.resolve(), _run(summary.parent))
         elif (path / SUMMARY).is_file() or (path / CONFIG).is_file():
             found.setdefault(path.resolve(), _run(path))
         else:
@@ -118,9 +124,16 @@ class Row:
     label: str | None = None  # the grid's name for this variant of the method
 
     @property
+    def tuned(self) -> dict[str, Any] | None:
+        """What ``kdzoo tune`` recorded of the study that chose this row's settings."""
+        return next((r.summary["tuned"] for r in self.runs
+                     if r.summary and r.summary.get("tuned")), None)
+
+    @property
     def shown(self) -> str:
-        """The method as tables and plots name it: the grid's label, else the method."""
-        return self.label or self.method
+        """The method as tables and plots name it: the grid's label, else the method; tuned
+        rows say so."""
+        return (self.label or self.method) + (" (tuned)" if self.tuned else "")
 
     def values(self, key: str) -> list[float]:
         return [r.summary[key] for r in self.runs if r.summary.get(key) is not None]  # type: ignore

@@ -39,7 +39,9 @@ def row_numbers(row: Row, rows: list[Row]) -> dict[str, Any]:
         "teacher_top1": sum(teacher) / len(teacher) if teacher else None,
         "wall_seconds_mean": sum(wall) / len(wall) if wall else None,
         "selection": row.selection, "seeds": row.seeds,
-        "settings": {k: v for k, v in row.differing.items()},
+        # a tuned row shows the values its study chose, whether or not its siblings differ
+        "settings": {**row.differing, **(row.tuned["params"] if row.tuned else {})},
+        "tuned": row.tuned,
         "hyperparameters": row.runs[0].summary.get("hyperparameters", {}),  # type: ignore
     }
     baseline = baseline_of(row, rows)
@@ -75,7 +77,8 @@ def _signed(value: float | None) -> str:
 
 
 def _settings(settings: dict[str, Any]) -> str:
-    return ", ".join(f"{k.removeprefix('method.')}={v}" for k, v in settings.items()) or ""
+    return ", ".join(f"{k.removeprefix('method.')}={v:.4g}" if isinstance(v, float) else
+                     f"{k.removeprefix('method.')}={v}" for k, v in settings.items()) or ""
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -106,6 +109,9 @@ def markdown(data: dict[str, Any]) -> str:
     text = "\n".join(lines)
     notes = ["mean ± sample standard deviation over seeds (n - 1); Δ vs baseline compares the "
              "best-epoch means with the baseline row of the same student and data"]
+    if any(r["tuned"] for r in rows):
+        notes.append("(tuned): settings chosen by `kdzoo tune` on the validation split (the "
+                     "test split unseen during the search), shown under settings")
     if with_published:
         notes.append("published numbers are compared on the metric the publication reports "
                      "(best or last epoch)")

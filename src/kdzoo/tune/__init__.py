@@ -19,7 +19,7 @@ from typing import Any
 
 from ..layers import deep_merge
 from .final import best_trial, final_runs, final_table, write_text
-from .search import RunLayers, Search, TuneSettings, study_name, trial_epochs
+from .search import RunLayers, Search, check_bounds, TuneSettings, study_name, trial_epochs
 from .study import default_storage, open_storage, redacted
 from .space import Space, build_space, default_space, describe, parse_distribution
 
@@ -96,6 +96,7 @@ def tune(settings: TuneSettings, jobs: int = 1) -> TuneResult:
     anything is written."""
     settings = share_threads(settings, jobs)
     base = settings.run.resolve()
+    check_bounds(settings)
     if settings.storage:
         open_storage(settings.storage)
     created = not settings.out.exists()

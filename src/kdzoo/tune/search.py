@@ -20,7 +20,7 @@ from typing import Any
 from ..config import TrainConfig
 from ..engine import SharedParts, fit, read_metrics
 from ..engine.guard import NonFiniteError
-from ..errors import KdzooError
+from ..errors import ConfigError, KdzooError
 from ..spec import resolve_config
 from .space import Space, describe, nested
 from .study import (counted_trials, default_storage, load_study, make_pruner, open_storage, optuna_module, owner,
@@ -91,6 +91,18 @@ def sampler_seed(settings: TuneSettings, base: TrainConfig, existing: int, worke
     return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16)
 
 
+def check_bounds(settings: TuneSettings) -> None:
+    """Resolve a run at each end of every range (each choice of a categorical), so a value the
+    run refuses (a negative weight, a temperature of 0) is one line before any trial runs."""
+    for key, distribution in settings.space.items():
+        for value in distribution.bounds():
+            try:
+                settings.run.resolve(nested({key: value}))
+            except ConfigError as exc:
+                raise ConfigError(f"search space {key}={distribution.text()}: the value "
+                                  f"{value!r} is refused ({exc})") from None
+
+
 def trial_config(settings: TuneSettings, values: dict[str, Any], run_dir: Path) -> TrainConfig:
     """A trial's run spec: the run's settings, the drawn values on top, the trials' epochs,
     the test split never read."""
@@ -152,7 +164,8 @@ class Search:
             if "val" not in record:
                 return  # an initialisation stage's epoch: no evaluation
             trial.report(record["val"]["top1"], record["epoch"])
-            if trial.should_prune():
+            last = record["stage"] == "main" and record["stage_epoch"] == config.optim.epochs
+            if not last and trial.should_prune():  # a finished trial is scored, not pruned
                 raise self.optuna.TrialPruned()
 
         try:
@@ -199,4 +212,4 @@ def tuned_record(study: Any, storage: str, space: Space, trial: Any,
             "trials": len(study.trials), "trial_epochs": epochs}
 
 
-__all__ = ["RunLayers", "Search", "TuneSettings", "study_name", "trial_config", "tuned_record"]
+__all__ = ["RunLayers", "Search", "check_bounds", "TuneSettings", "study_name", "trial_config", "tuned_record"]

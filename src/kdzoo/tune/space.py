@@ -73,6 +73,18 @@ def _format(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _choice(text: str) -> Any:
+    """A categorical value: a number (``1e-3`` too, which YAML 1.1 reads as a string),
+    true/false, or a name."""
+    text = text.strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
 def parse_distribution(key: str, text: Any) -> Distribution:
     """The distribution ``text`` for setting ``key`` (one-line error for a bad one)."""
     if not isinstance(text, str) or ":" not in text:
@@ -83,7 +95,7 @@ def parse_distribution(key: str, text: Any) -> Distribution:
         raise ConfigError(f"search space {key}: unknown distribution '{kind}'"
                           f"{did_you_mean(kind, KINDS)}; kinds: {', '.join(KINDS)}")
     if kind == "categorical":
-        choices = tuple(yaml.safe_load(c) for c in rest.split(",") if c.strip())
+        choices = tuple(_choice(c) for c in rest.split(",") if c.strip())
         if not choices:
             raise ConfigError(f"search space {key}: categorical needs at least one value, "
                               "e.g. categorical:2,4,8")

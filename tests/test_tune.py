@@ -1,0 +1,186 @@
+"""``kdzoo tune``: the refusals (default run), and the search itself, pruning, a killed search
+continued, and two processes sharing one study (marked ``slow`` and ``process``)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kdzoo.cli import main
+
+optuna = pytest.importorskip("optuna")
+
+#: A small st run: untrained teacher, synthetic data, 2 epochs of 128 images.
+RUN = ["--method", "st", "--teacher", "resnet20", "--untrained-teacher", "--student", "resnet8",
+       "--data", "synthetic", "--epochs", "2", "--set", "data.train_size=160",
+       "--set", "data.test_size=64", "--set", "optim.batch_size=32", "--no-progress"]
+
+
+def tune_args(out: Path, *extra: str) -> list[str]:
+    return ["-q", "tune", *RUN, "--out", str(out), *extra]
+
+
+# ------------------------------------------------------------------------------ refusals
+@pytest.mark.parametrize("extra, message", [
+    (["--val-split", "0"], "--val-split must be a fraction in (0, 1)"),
+    (["--space", "method.wieght=uniform:0.1:1"], "method st has no hyper-parameter 'wieght'"),
+    (["--space", "method.weight=uniform:1:0.1"], "empty or inverted"),
+    (["--space", "method.weight=uniform:1:1"], "empty or inverted"),
+    (["--space", "method.weight=loguniform:0:1"], "log-scale range"),
+    (["--space", "method.weight=normal:0:1"], "unknown distribution 'normal'"),
+    (["--space", "data.data_dir=categorical:a,b"], "not a setting to tune"),
+    (["--space", "optim.lrr=loguniform:0.01:0.1"], "unknown config key"),
+    (["--space", "optim.lr=uniform:-0.1:0.1"], "the value -0.1 is refused"),
+    (["--set", "method.weight=0.5", "--space", "method.weight=uniform:0.1:1"],
+     "both set (--set) and searched"),
+    (["--storage", "sqlite:////no/such/folder/study.db"], "cannot open the study storage"),
+    (["--storage", "nosuchdb://user:secret@host/db"], "cannot open the study storage"),
+    (["--n-trials", "0"], "--n-trials must be at least 1"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra, message):
+    out = tmp_path / "T"
+    assert main(tune_args(out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert "secret" not in err  # a storage password is never printed
+    assert not out.exists()
+
+
+def test_a_method_without_the_hyperparameter_is_refused(tmp_path, capsys):
+    args = tune_args(tmp_path / "T", "--space", "method.temperature=uniform:1:8")
+    args[args.index("st")] = "fitnet"
+    assert main(args) == 2
+    assert "method fitnet has no hyper-parameter 'temperature'" in capsys.readouterr().err
+
+
+def test_a_run_that_never_reads_the_test_split_needs_a_validation_split():
+    from kdzoo.errors import ConfigError
+    from kdzoo.spec import resolve_config
+
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        resolve_config(overrides={"evaluate_test": False})
+
+
+# ------------------------------------------------------------------------------ searching
+def study_trials(out: Path, name: str = "st-resnet20-resnet8-synthetic") -> list:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+    return study.trials
+
+
+def test_trials_never_read_the_test_split(tmp_path):
+    """A trial's run evaluates validation only (no test accuracy in its metrics or summary,
+    the teacher checked on validation); the final runs report test top-1 and record the
+    study, the trial and the space."""
+    out = tmp_path / "T"
+    assert main(tune_args(out, "--n-trials", "2", "--final-seeds", "1", "--val-split", "0.2",
+                          "--pruner", "none")) == 0
+    trials = sorted((out / "trials").iterdir())
+    assert [t.name for t in trials] == ["trial-0000", "trial-0001"]
+    for folder in trials:
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["best_top1"] is None and summary["last_top1"] is None
+        assert summary["teacher_top1"] is None and summary["teacher_val_top1"] is not None
+        assert summary["best_val_top1"] is not None and summary["selection"] == "val"
+        for line in (folder / "metrics.jsonl").read_text().splitlines():
+            assert "test" not in json.loads(line)
+    tuned = json.loads((out / "final" / "tuned-s0" / "summary.json").read_text())
+    assert tuned["best_top1"] is not None and tuned["selection"] == "val"
+    assert tuned["tuned"]["study"] == "st-resnet20-resnet8-synthetic"
+    assert set(tuned["tuned"]["params"]) == set(tuned["tuned"]["space"]) == \
+        {"method.weight", "method.temperature"}
+    best = max((t for t in study_trials(out) if t.value is not None), key=lambda t: t.value)
+    assert tuned["tuned"]["trial"] == best.number
+    assert tuned["hyperparameters"]["weight"] == best.params["method.weight"]
+    default = json.loads((out / "final" / "default-s0" / "summary.json").read_text())
+    assert default["tuned"] is None and default["hyperparameters"]["weight"] == 0.1
+    assert "tuned (trial" in (out / "tune.md").read_text()
+
+
+@pytest.mark.slow
+def test_pruned_trials_stop_early(tmp_path, monkeypatch):
+    """A trial the pruner stops ends after the epoch it was judged on; it is PRUNED in the
+    study and its folder holds that one epoch."""
+    from kdzoo.tune import study as study_module
+
+    monkeypatch.setattr(study_module, "make_pruner",
+                        lambda name, epochs: optuna.pruners.ThresholdPruner(lower=101.0))
+    monkeypatch.setattr("kdzoo.tune.search.make_pruner", study_module.make_pruner)
+    out = tmp_path / "T"
+    assert main(tune_args(out, "--n-trials", "2", "--final-seeds", "0", "--epochs", "3")) == 0
+    trials = study_trials(out)
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    for trial in trials:
+        lines = (Path(trial.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == 1
+
+
+def _kdzoo(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kdzoo", *args]
+
+
+def _counted(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as connection:
+        try:
+            rows = connection.execute("SELECT state FROM trials").fetchall()
+        except sqlite3.OperationalError:
+            return 0
+    return sum(state == "COMPLETE" for (state,) in rows)
+
+
+@pytest.mark.process
+def test_a_killed_search_continues_to_n_trials_not_twice_as_many(tmp_path):
+    """The issue's command, killed mid-search and run again: the study ends with 6 counted
+    trials (the interrupted one failed and continued), and the final seeds' report."""
+    out = tmp_path / "T"
+    command = _kdzoo("-q", "tune", "--method", "st", "--teacher", "resnet20",
+                     "--untrained-teacher", "--student", "resnet8", "--data", "synthetic",
+                     "--epochs", "2", "--n-trials", "6", "--val-split", "0.2", "--out", str(out),
+                     "--no-progress")
+    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while _counted(out / "study.db") < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)  # into the next trial
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 2 <= _counted(out / "study.db") < 6
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    trials = study_trials(out)
+    counted = [t for t in trials if not t.user_attrs.get("interrupted")]
+    assert len(counted) == 6
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in counted)
+    for kind in ("tuned", "default"):
+        for seed in range(3):
+            summary = json.loads((out / "final" / f"{kind}-s{seed}" / "summary.json").read_text())
+            assert summary["finished"] and summary["best_top1"] is not None
+    assert "defaults (untuned)" in done.stdout
+
+
+@pytest.mark.process
+def test_two_processes_share_one_study(tmp_path):
+    """Two `kdzoo tune` processes on one --storage fill one study together."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    processes = [subprocess.Popen(
+        _kdzoo(*tune_args(tmp_path / f"T{i}", "--n-trials", "6", "--final-seeds", "0",
+                          "--storage", storage, "--study-name", "shared", "--threads", "1")),
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    assert 6 <= len(trials) <= 7  # each process checks the count before it starts a trial
+    owners = {t.user_attrs["owner"]["pid"] for t in trials}
+    assert len(owners) == 2
+    folders = {Path(t.user_attrs["run_dir"]).parent.parent.name for t in trials}
+    assert folders == {"T0", "T1"}
