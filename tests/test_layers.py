@@ -1,6 +1,6 @@
 """The arrows between kdzoo's layers point down, read from the source with ``ast``.
 
-cli -> zoo / report / demo / bench -> engine -> spec -> methods -> core, models, data,
+cli -> zoo / tune / report / demo / bench -> engine -> spec -> methods -> core, models, data,
 functional; the teacher store (kdzoo.teachers) sits below the engine, which calls it. Every
 import counts: ``import x``, ``from x import y``, relative ones, and those inside functions.
 """
@@ -21,7 +21,8 @@ BELOW_ENGINE = ("kdzoo.methods", "kdzoo.core", "kdzoo.models", "kdzoo.data", "kd
                 "kdzoo.metrics", "kdzoo.environment", "kdzoo.errors", "kdzoo.io",
                 "kdzoo.registry", "kdzoo.seeding", "kdzoo.version", "kdzoo.distributed")
 #: What only the layers above the engine (and the package root) may import.
-ABOVE_ENGINE = ("kdzoo.engine", "kdzoo.zoo", "kdzoo.report", "kdzoo.cli", "kdzoo.bench",
+ABOVE_ENGINE = ("kdzoo.engine", "kdzoo.zoo", "kdzoo.tune", "kdzoo.report", "kdzoo.cli",
+                "kdzoo.bench",
                 "kdzoo.demo")
 
 #: The CLI layer: the command line's package, and ``python -m kdzoo`` (which calls its main).

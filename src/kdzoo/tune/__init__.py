@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..layers import deep_merge
-from .final import best_trial, final_runs, final_table, write_text
+from .final import best_trial, completed_trials, final_runs, final_table, write_text
 from .search import RunLayers, Search, check_bounds, TuneSettings, study_name, trial_epochs
 from .study import default_storage, open_storage, redacted
 from .space import Space, build_space, default_space, describe, parse_distribution
@@ -55,7 +55,7 @@ def share_threads(settings: TuneSettings, jobs: int) -> TuneSettings:
     return replace(settings, run=run)
 
 
-def search(settings: TuneSettings, jobs: int = 1, first: Search | None = None) -> Any:
+def run_search(settings: TuneSettings, jobs: int = 1, first: Search | None = None) -> Any:
     """Run the search (``jobs`` processes sharing the study and the CPU threads); returns the
     study. ``first``: this process's :class:`Search`, already opened."""
     settings = share_threads(settings, jobs)
@@ -108,12 +108,15 @@ def tune(settings: TuneSettings, jobs: int = 1) -> TuneResult:
             shutil.rmtree(settings.out, ignore_errors=True)
         raise
     write_state(settings)
-    study = search(settings, jobs, first)
+    study = run_search(settings, jobs, first)
+    finals: dict[str, list[dict]] = {"tuned": [], "default": []}
+    table = ""
+    if settings.final_seeds == 0 and not completed_trials(study):
+        log.info("no trial completed yet (%d trials)", len(study.trials))
+        return TuneResult(study, None, finals, table)
     best = best_trial(study)
     log.info("best trial %d: val top-1 %.2f%% with %s", best.number, best.value,
              ", ".join(f"{k}={v}" for k, v in best.params.items()))
-    finals: dict[str, list[dict]] = {"tuned": [], "default": []}
-    table = ""
     if settings.final_seeds > 0:
         finals = final_runs(settings, study, storage_url(settings))
         table = final_table(study, finals)
@@ -122,4 +125,4 @@ def tune(settings: TuneSettings, jobs: int = 1) -> TuneResult:
 
 
 __all__ = ["RunLayers", "Space", "TuneResult", "TuneSettings", "build_space", "default_space",
-           "describe", "parse_distribution", "search", "study_name", "trial_epochs", "tune"]
+           "describe", "parse_distribution", "run_search", "study_name", "trial_epochs", "tune"]

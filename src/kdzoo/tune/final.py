@@ -22,9 +22,15 @@ from .study import optuna_module
 log = logging.getLogger("kdzoo")
 
 
+def completed_trials(study: Any) -> list[Any]:
+    """The trials that ran all their epochs (a pruned trial has a value too: its last
+    report)."""
+    return [t for t in study.trials if t.state == optuna_module().trial.TrialState.COMPLETE]
+
+
 def best_trial(study: Any) -> Any:
     """The completed trial with the best validation top-1, or one line saying why none is."""
-    complete = [t for t in study.trials if t.state == optuna_module().trial.TrialState.COMPLETE]
+    complete = completed_trials(study)
     if not complete:
         counts: dict[str, int] = {}
         for t in study.trials:

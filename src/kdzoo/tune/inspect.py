@@ -44,7 +44,8 @@ def trials_table(study: Any, top: int = 10) -> str:
                       key=lambda t: (-t.value, t.number))
     lines = [f"study {study.study_name}: {len(study.trials)} trials (" +
              ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")", "",
-             "| rank | trial | val top-1 (best epoch) | epochs | settings |", "|---|---|---|---|---|"]
+             "| rank | trial | val top-1 (best epoch) | epochs | settings |",
+             "|---|---|---|---|---|"]
     for rank, trial in enumerate(complete[:top], start=1):
         settings = ", ".join(f"{k}={_shown(v)}" for k, v in trial.params.items())
         epochs = max(trial.intermediate_values, default=0)

@@ -23,8 +23,8 @@ from ..engine.guard import NonFiniteError
 from ..errors import ConfigError, KdzooError
 from ..spec import resolve_config
 from .space import Space, describe, nested
-from .study import (counted_trials, default_storage, load_study, make_pruner, open_storage, optuna_module, owner,
-                    recover_interrupted, redacted)
+from .study import (counted_trials, default_storage, load_study, make_pruner, open_storage,
+                    optuna_module, owner, recover_interrupted, redacted)
 
 log = logging.getLogger("kdzoo")
 
@@ -212,4 +212,5 @@ def tuned_record(study: Any, storage: str, space: Space, trial: Any,
             "trials": len(study.trials), "trial_epochs": epochs}
 
 
-__all__ = ["RunLayers", "Search", "check_bounds", "TuneSettings", "study_name", "trial_config", "tuned_record"]
+__all__ = ["RunLayers", "Search", "TuneSettings", "check_bounds", "study_name", "trial_config",
+           "tuned_record"]

@@ -13,8 +13,9 @@ default space: its loss weights, temperatures and the knobs its authors tune), i
 
 A space maps dotted config keys (``method.weight``, ``optim.lr``, ``optim.weight_decay``) to
 distributions. Keys must be settings that change a run's result; a method key must be one of
-the method's hyper-parameters. Both bounds are resolved as a run's config before any trial
-runs, so a value the method refuses (a negative weight) is caught at once.
+the method's hyper-parameters. ``kdzoo tune`` resolves a run at both bounds before any trial
+runs (:func:`kdzoo.tune.search.check_bounds`), so a value the method refuses (a negative
+weight) is caught at once.
 """
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ def parse_distribution(key: str, text: Any) -> Distribution:
         raise ConfigError(f"search space {key}: {text!r} is not a distribution; write e.g. "
                           f"{key}=loguniform:0.01:100 (kinds: {', '.join(KINDS)})")
     kind, _, rest = text.strip().partition(":")
+    kind = kind.strip()
     if kind not in KINDS:
         raise ConfigError(f"search space {key}: unknown distribution '{kind}'"
                           f"{did_you_mean(kind, KINDS)}; kinds: {', '.join(KINDS)}")
@@ -189,7 +191,9 @@ def check_keys(space: Mapping[str, Distribution], config: TrainConfig) -> None:
         elif key not in settings:
             keys = [k for k in settings if changes_result(k)]
             raise ConfigError(f"search space {key}: unknown config key{did_you_mean(key, keys)}")
-        elif not changes_result(key) or key in ("seed", "data.val_split", "data.name"):
+        elif not changes_result(key) or key in ("seed", "data.val_split", "data.name",
+                                                 "data.train_subset") or \
+                key.startswith(("teacher.", "student.")):
             raise ConfigError(f"search space {key}: not a setting to tune (it does not change "
                               "what is learnt, or it defines the comparison); search a method "
                               "hyper-parameter or an optimiser setting")
