@@ -184,3 +184,71 @@ def test_two_processes_share_one_study(tmp_path):
     assert len(owners) == 2
     folders = {Path(t.user_attrs["run_dir"]).parent.parent.name for t in trials}
     assert folders == {"T0", "T1"}
+
+
+# ------------------------------------------------------------------------------ a tuned grid
+ZOO = ["zoo", "--methods", "baseline,st", "--teacher", "resnet20", "--untrained-teacher",
+       "--student", "resnet8", "--data", "synthetic", "--epochs", "2",
+       "--set", "data.train_size=160", "--set", "data.test_size=64", "--no-progress"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--val-split", "0.2", "--tune-trials", "0"], "tune.trials must be a positive integer"),
+    (["--tune-trials", "2"], "a tuned grid searches on the validation split"),
+    (["--val-split", "0.2", "--trial-epochs", "1"], "--trial-epochs goes with --tune-trials"),
+    (["--val-split", "0.2", "--tune-trials", "2", "--dry-run"], "--dry-run cannot print"),
+])
+def test_a_tuned_grid_refuses_bad_input(tmp_path, capsys, extra, message):
+    out = tmp_path / "Z"
+    assert main(["-q", *ZOO, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (out / "tune").exists()
+
+
+def test_a_grid_tune_section_is_checked(tmp_path):
+    from kdzoo.errors import ConfigError
+    from kdzoo.tune.grid import tune_section
+
+    assert tune_section({}) is None
+    assert tune_section({"tune": {"trials": 4, "pruner": "none"}})["trials"] == 4
+    for bad in ({"trials": 2, "budget": 1}, {"trials": 2, "pruner": "mean"}, {"trials": True},
+                {"trials": 2, "trial_epochs": 0}):
+        with pytest.raises(ConfigError):
+            tune_section({"tune": bad})
+
+
+@pytest.mark.slow
+def test_zoo_tune_trials_tunes_every_method_at_equal_budget(tmp_path, capsys):
+    """Each method with a space gets its own study of K trials; the grid's runs (every seed)
+    train with the study's best settings and say so; the baseline runs untuned; a rerun adds
+    no trial and no run."""
+    out = tmp_path / "Z"
+    args = ["-q", *ZOO, "--methods", "baseline,st,kd", "--seeds", "2", "--val-split", "0.2",
+            "--tune-trials", "3", "--out", str(out)]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "tune").iterdir()) == \
+        ["kd-resnet20-resnet8-synthetic", "st-resnet20-resnet8-synthetic"]
+    for method in ("st", "kd"):
+        trials = study_trials(out / "tune" / f"{method}-resnet20-resnet8-synthetic",
+                              f"{method}-resnet20-resnet8-synthetic")
+        assert len(trials) == 3
+        best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+        runs = sorted(out.glob(f"{method}-resnet20-resnet8-synthetic-s*"))
+        assert len(runs) == 2
+        for run in runs:
+            summary = json.loads((run / "summary.json").read_text())
+            assert summary["tuned"]["trial"] == best.number
+            for key, value in best.params.items():
+                assert summary["hyperparameters"][key.removeprefix("method.")] == value
+    baseline = json.loads(next(out.glob("baseline-*-s0*")).joinpath("summary.json").read_text())
+    assert baseline["tuned"] is None
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "`st (tuned)`" in table and "`kd (tuned)`" in table and "`baseline`" in table
+    before = sorted(p.name for p in out.iterdir())
+    assert main(args) == 0  # the studies are complete and the runs finished: nothing to do
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert len(study_trials(out / "tune" / "st-resnet20-resnet8-synthetic",
+                            "st-resnet20-resnet8-synthetic")) == 3

@@ -43,6 +43,12 @@ def add_zoo_parser(sub: Any) -> None:
     p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                    help="train each run with DistributedDataParallel on N processes of this "
                         "machine (torchrun --standalone; N GPUs, or N CPU processes)")
+    p.add_argument("--tune-trials", type=int, metavar="K",
+                   help="first tune every method of the grid with K Optuna trials per pair and "
+                        "dataset on the validation split, then run the grid with each method's "
+                        "best settings (as a tune: section in the grid file)")
+    p.add_argument("--trial-epochs", type=int, metavar="N",
+                   help="with --tune-trials: the epochs of each trial (default: the runs')")
     p.add_argument("--dry-run", action="store_true",
                    help="print one `kdzoo train` command per run still to do, teachers first, "
                         "instead of running them (for SLURM arrays, xargs -P, ...)")
@@ -78,7 +84,24 @@ def zoo_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
-    grid: Grid = expand(zoo_spec(args), args.out)
+    spec = zoo_spec(args)
+    if args.tune_trials is not None:
+        spec["tune"] = {**(spec.get("tune") or {}), "trials": args.tune_trials}
+    if args.trial_epochs is not None:
+        if spec.get("tune") is None:
+            raise KdzooError("--trial-epochs goes with --tune-trials (or a tune: section)")
+        spec["tune"] = {**spec["tune"], "trial_epochs": args.trial_epochs}
+    if spec.get("tune") is not None:
+        from ..tune.grid import tune_grid, tune_section
+
+        tune_section(spec)  # checked before anything runs
+        if args.dry_run:
+            raise KdzooError("--dry-run cannot print a tuned grid's runs before its studies "
+                             "have chosen their settings: run `kdzoo zoo` with the tuning first")
+        expand(spec, args.out)  # the grid's own errors, before any teacher trains
+        grid: Grid = tune_grid(spec, args.out, jobs=args.jobs)
+    else:
+        grid = expand(spec, args.out)
     if args.dry_run:
         write_grid(grid)  # the configs the commands run
         for command in dry_run_commands(grid, args.nproc_per_node):

@@ -26,6 +26,7 @@ A grid file (``kdzoo zoo --grid grid.yaml``; the packaged grids are ``kdzoo list
       - {method: crd, teacher: resnet110, student: resnet20, data: cifar100, top1: 71.46,
          metric: last, source: "RepDistiller README"}
     cells: all                    # or "published": only the runs that have a published number
+    tune: {trials: 20}            # tune every method first, at equal budget (kdzoo.tune.grid)
 
 Every teacher the grid does not get as a checkpoint is a run of the grid too (the ``baseline``
 method with the teacher as student, seed ``teacher_seed``, default 0), trained once and reused
@@ -59,7 +60,7 @@ from ..registry import did_you_mean
 from ..spec import default_settings, resolve_config
 
 GRID_KEYS = {"data", "seeds", "preset", "settings", "teacher_settings", "teacher_seed",
-             "pairs", "teachers", "methods", "published", "description", "cells"}
+             "pairs", "teachers", "methods", "published", "description", "cells", "tune"}
 #: Settings a run folder's name says already (method, pair, dataset, seed; the teacher's
 #: checkpoint through its teacher id): the hash covers the other settings of the result.
 NAMED_KEYS = frozenset({"method.name", "teacher.name", "teacher.checkpoint", "teacher.untrained",
