@@ -103,6 +103,49 @@ def test_trials_never_read_the_test_split(tmp_path):
     assert "tuned (trial" in (out / "tune.md").read_text()
 
 
+def test_report_and_plot_read_a_tune_folder(tmp_path, capsys):
+    """`kdzoo report` lists the best trials and the final runs (tuned rows marked);
+    `kdzoo plot` draws Optuna's history, importances and one slice per hyper-parameter."""
+    out = tmp_path / "T"
+    assert main(tune_args(out, "--n-trials", "3", "--final-seeds", "1", "--pruner", "none",
+                          "--space", "method.weight=loguniform:0.01:1",
+                          "--no-default-space")) == 0
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "`st (tuned)`" in text and "`st`" in text
+    assert "study st-resnet20-resnet8-synthetic: 3 trials (3 complete)" in text
+    assert text.count("| trial-") == 0 and "| 1 | " in text and "| 3 | " in text
+    assert main(["plot", str(out), "--out", str(tmp_path / "P")]) == 0
+    written = {p.name for p in (tmp_path / "P").iterdir()}
+    assert {"optimization_history.png", "param_importances.png", "slice_method.weight.png",
+            "accuracy.png", "results.png"} <= written
+    assert main(["plot", str(out), "--out", str(tmp_path / "P")]) == 0  # its own files again
+
+
+def test_a_space_file_adds_and_drops_keys(tmp_path):
+    from kdzoo.spec import resolve_config
+    from kdzoo.tune.space import build_space
+
+    config = resolve_config(overrides={"method": {"name": "kd"}, "teacher": {
+        "name": "resnet20", "untrained": True}, "data": {"val_split": 0.1}})
+    file = tmp_path / "space.yaml"
+    file.write_text("method: {ce_weight: null, temperature: 'uniform:2:6'}\n"
+                    "optim.lr: 'loguniform:0.01:0.2'\n")
+    space = build_space(config, str(file), ["method.weight=uniform:0.5:1"])
+    assert {k: d.text() for k, d in space.items()} == {
+        "method.weight": "uniform:0.5:1", "method.temperature": "uniform:2:6",
+        "optim.lr": "loguniform:0.01:0.2"}
+
+
+@pytest.mark.slow
+def test_timeout_stops_starting_trials(tmp_path):
+    out = tmp_path / "T"
+    assert main(tune_args(out, "--n-trials", "5", "--final-seeds", "0", "--timeout",
+                          "0.001")) == 0
+    assert len(study_trials(out)) == 1
+
+
 @pytest.mark.slow
 def test_pruned_trials_stop_early(tmp_path, monkeypatch):
     """A trial the pruner stops ends after the epoch it was judged on; it is PRUNED in the
@@ -167,11 +210,24 @@ def test_a_killed_search_continues_to_n_trials_not_twice_as_many(tmp_path):
 
 
 @pytest.mark.process
+def test_jobs_run_trials_in_several_processes(tmp_path):
+    out = tmp_path / "T"
+    done = subprocess.run(_kdzoo(*tune_args(out, "--n-trials", "6", "--final-seeds", "0",
+                                            "--jobs", "2")),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    trials = study_trials(out)
+    assert 6 <= len(trials) <= 7
+    assert len({t.user_attrs["owner"]["pid"] for t in trials}) == 2
+    assert len({t.params["method.weight"] for t in trials}) == len(trials)  # not repeated
+
+
+@pytest.mark.process
 def test_two_processes_share_one_study(tmp_path):
     """Two `kdzoo tune` processes on one --storage fill one study together."""
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     processes = [subprocess.Popen(
-        _kdzoo(*tune_args(tmp_path / f"T{i}", "--n-trials", "6", "--final-seeds", "0",
+        _kdzoo(*tune_args(tmp_path / f"T{i}", "--n-trials", "10", "--final-seeds", "0",
                           "--storage", storage, "--study-name", "shared", "--threads", "1")),
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
@@ -179,7 +235,7 @@ def test_two_processes_share_one_study(tmp_path):
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err
     trials = optuna.load_study(study_name="shared", storage=storage).trials
-    assert 6 <= len(trials) <= 7  # each process checks the count before it starts a trial
+    assert 10 <= len(trials) <= 11  # each process checks the count before it starts a trial
     owners = {t.user_attrs["owner"]["pid"] for t in trials}
     assert len(owners) == 2
     folders = {Path(t.user_attrs["run_dir"]).parent.parent.name for t in trials}

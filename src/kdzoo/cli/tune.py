@@ -37,7 +37,8 @@ def add_tune_parser(sub: Any) -> None:
                    help="epochs of each trial (default: the run's --epochs, which the final "
                         "runs train)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="start no new trial after this many seconds")
+                   help="start no new trial once this many seconds have passed (the trial "
+                        "running then finishes; at least one trial runs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="trials at once, as processes sharing the study and the CPU threads")
     p.add_argument("--study-name", help="the study's name in the storage (default "

@@ -14,9 +14,11 @@ import logging
 import multiprocessing
 import os
 import shutil
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..errors import KdzooError
 from ..layers import deep_merge
 from .final import best_trial, completed_trials, final_runs, final_table, write_text
 from .search import RunLayers, Search, check_bounds, TuneSettings, study_name, trial_epochs
@@ -40,9 +42,14 @@ class TuneResult:
     table: str
 
 
-def _worker(settings: TuneSettings, worker: int) -> None:
-    base = settings.run.resolve()
-    Search(settings, base, worker).run()
+def _worker(settings: TuneSettings, worker: int, ready: Any) -> None:
+    try:
+        search = Search(settings, settings.run.resolve(), worker)
+    except BaseException:
+        ready.abort()  # the other workers stop waiting for this one
+        raise
+    ready.wait()  # every worker starts its first trial together
+    search.run()
 
 
 def share_threads(settings: TuneSettings, jobs: int) -> TuneSettings:
@@ -63,15 +70,26 @@ def run_search(settings: TuneSettings, jobs: int = 1, first: Search | None = Non
     if jobs <= 1:
         return first.run()
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_worker, args=(settings, index))
+    ready = context.Barrier(jobs)
+    workers = [context.Process(target=_worker, args=(settings, index, ready))
                for index in range(1, jobs)]
     for process in workers:
         process.start()
     try:
+        try:
+            ready.wait(timeout=600)
+        except threading.BrokenBarrierError:
+            raise KdzooError("a --jobs worker process could not open the study (its error is "
+                             "above)") from None
         study = first.run()
     finally:
         for process in workers:
             process.join()
+    failed = [p.exitcode for p in workers if p.exitcode != 0]
+    if failed:
+        raise KdzooError(f"{len(failed)} of the {jobs - 1} other --jobs processes failed (exit "
+                         f"status {failed[0]}; their error is above): rerun to continue the "
+                         "study")
     return study
 
 

@@ -53,10 +53,24 @@ def trials_table(study: Any, top: int = 10) -> str:
     pruned = [t for t in study.trials if t.state == state.PRUNED]
     if pruned:
         epochs = [max(t.intermediate_values, default=0) for t in pruned]
-        lines.append("")
-        lines.append(f"pruned trials stopped after {sum(epochs) / len(epochs):.1f} epochs on "
-                     "average")
+        line = f"pruned trials stopped after {sum(epochs) / len(epochs):.1f} epochs on average"
+        cost = [_seconds(t) for t in pruned]
+        full = [_seconds(t) for t in complete]
+        if full:
+            line += (f", {_mean(cost):.0f} s each against {_mean(full):.0f} s for a complete "
+                     "trial")
+        lines += ["", line]
     return "\n".join(lines)
+
+
+def _seconds(trial: Any) -> float:
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return 0.0
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def plot_study(study: Any, out: Path, prefix: str = "") -> list[Path]:

@@ -135,11 +135,12 @@ class Search:
         recover_interrupted(self.study)
         started = time.monotonic()
         while counted_trials(self.study) < self.settings.n_trials:
+            self.run_trial()
             if self.settings.timeout is not None and \
                     time.monotonic() - started > self.settings.timeout:
-                log.info("--timeout reached: no new trial started")
+                log.info("--timeout reached after %.0f s: no new trial started",
+                         time.monotonic() - started)
                 break
-            self.run_trial()
         return self.study
 
     def run_trial(self) -> None:
