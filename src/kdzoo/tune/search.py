@@ -144,6 +144,7 @@ class Search:
         return self.study
 
     def run_trial(self) -> None:
+        """Ask the study for a trial, train it, tell the study how it ended."""
         state = self.optuna.trial.TrialState
         trial = self.study.ask()
         trial.set_user_attr("owner", owner())
@@ -151,7 +152,33 @@ class Search:
         run_dir = Path(trial.user_attrs.get("run_dir") or
                        self.settings.out / "trials" / f"trial-{trial.number:04d}")
         trial.set_user_attr("run_dir", str(run_dir))
-        config = trial_config(self.settings, values, run_dir)
+        try:
+            value = self.train(trial, trial_config(self.settings, values, run_dir), values)
+        except self.optuna.TrialPruned:
+            log.info("trial %d pruned", trial.number)
+            self.study.tell(trial, state=state.PRUNED)
+        except NonFiniteError as exc:  # diverged: a finished trial, scored as failed
+            trial.set_user_attr("error", str(exc))
+            log.info("trial %d failed: %s", trial.number, exc)
+            self.study.tell(trial, state=state.FAIL)
+        except KdzooError as exc:  # bad input: the trial failed, and so does the search
+            trial.set_user_attr("error", str(exc))
+            self.study.tell(trial, state=state.FAIL)
+            raise
+        except BaseException:  # interrupted (Ctrl-C) or broken: the next trial continues it
+            trial.set_user_attr("interrupted", True)
+            self.study.tell(trial, state=state.FAIL)
+            self.study.enqueue_trial(trial.params, user_attrs={
+                "continues": trial.number, "run_dir": str(run_dir)})
+            raise
+        else:
+            log.info("trial %d: best val top-1 %.2f%%", trial.number, value)
+            self.study.tell(trial, value)
+
+    def train(self, trial: Any, config: TrainConfig, values: dict[str, Any]) -> float:
+        """Train a trial's run (continuing an interrupted one's run folder), reporting each
+        epoch's validation top-1 to the pruner; returns the best validation top-1."""
+        run_dir = Path(config.out or "")
         resume = (run_dir / "checkpoint.pt").is_file()
         shown = ", ".join(f"{k}={_shown(v)}" for k, v in values.items())
         log.info("trial %d: %s%s", trial.number, shown,
@@ -169,29 +196,12 @@ class Search:
             if not last and trial.should_prune():  # a finished trial is scored, not pruned
                 raise self.optuna.TrialPruned()
 
-        try:
-            result = fit(config, resume=resume, overwrite=not resume, progress=
-                         self.settings.progress, shared=self.shared, on_epoch=report)
-        except self.optuna.TrialPruned:
-            log.info("trial %d pruned", trial.number)
-            self.study.tell(trial, state=state.PRUNED)
-            return
-        except NonFiniteError as exc:  # diverged: a finished trial, scored as failed
-            trial.set_user_attr("error", str(exc))
-            log.info("trial %d failed: %s", trial.number, exc)
-            self.study.tell(trial, state=state.FAIL)
-            return
-        except BaseException:  # interrupted (Ctrl-C) or broken: the next trial continues it
-            trial.set_user_attr("interrupted", True)
-            self.study.tell(trial, state=state.FAIL)
-            self.study.enqueue_trial(trial.params, user_attrs={
-                "continues": trial.number, "run_dir": str(run_dir)})
-            raise
+        result = fit(config, resume=resume, overwrite=not resume,
+                     progress=self.settings.progress, shared=self.shared, on_epoch=report)
         value = result.summary["best_val_top1"]
         if value is None or not math.isfinite(value):
             raise KdzooError(f"trial {trial.number} recorded no validation accuracy")
-        log.info("trial %d: best val top-1 %.2f%%", trial.number, value)
-        self.study.tell(trial, value)
+        return float(value)
 
 
 def _trial_count(optuna: Any, storage: Any, name: str) -> int:
