@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -101,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except SystemExit as exc:  # --help and --version exit through argparse
         return int(exc.code or 0)
+    except BrokenPipeError:  # the reader stopped early (`kdzoo list methods | head`)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except KeyboardInterrupt:
         print("kdzoo: interrupted; resume the run with --resume", file=sys.stderr)
         return 130
