@@ -116,6 +116,9 @@ def test_report_and_plot_read_a_tune_folder(tmp_path, capsys):
     assert "`st (tuned)`" in text and "`st`" in text
     assert "study st-resnet20-resnet8-synthetic: 3 trials (3 complete)" in text
     assert text.count("| trial-") == 0 and "| 1 | " in text and "| 3 | " in text
+    assert main(["report", str(out / "trials")]) == 0  # trials read like any run
+    trials = capsys.readouterr().out
+    assert "best val top-1" in trials and trials.count("| `st` |") == 3
     assert main(["plot", str(out), "--out", str(tmp_path / "P")]) == 0
     written = {p.name for p in (tmp_path / "P").iterdir()}
     assert {"optimization_history.png", "param_importances.png", "slice_method.weight.png",

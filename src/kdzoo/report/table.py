@@ -30,12 +30,14 @@ def row_numbers(row: Row, rows: list[Row]) -> dict[str, Any]:
     """Everything the table says of ``row``, as numbers."""
     best_mean, best_std = mean_std(row.values("best_top1"))
     last_mean, last_std = mean_std(row.values("last_top1"))
+    val_mean, val_std = mean_std(row.values("best_val_top1"))
     teacher = row.values("teacher_top1")
     wall = row.values("wall_seconds")
     numbers: dict[str, Any] = {
         "method": row.shown, "teacher": row.teacher or "", "student": row.student,
         "data": row.data, "n": len(row.runs), "best_top1_mean": best_mean,
         "best_top1_std": best_std, "last_top1_mean": last_mean, "last_top1_std": last_std,
+        "best_val_top1_mean": val_mean, "best_val_top1_std": val_std,
         "teacher_top1": sum(teacher) / len(teacher) if teacher else None,
         "wall_seconds_mean": sum(wall) / len(wall) if wall else None,
         "selection": row.selection, "seeds": row.seeds,
@@ -87,6 +89,11 @@ def markdown(data: dict[str, Any]) -> str:
     best_label = BEST_LABELS[selections.pop() if len(selections) == 1 else "mixed"]
     header = ["method", "teacher → student", "data", "n", best_label, "last-epoch test top-1",
               "Δ vs baseline", "teacher top-1", "wall time"]
+    # runs that never read the test split (kdzoo tune's trials) are judged on validation
+    with_val = any(r["best_top1_mean"] is None and r["best_val_top1_mean"] is not None
+                   for r in rows)
+    if with_val:
+        header.insert(6, "best val top-1")
     with_settings = any(r["settings"] for r in rows)
     with_published = any(r["published_top1"] is not None for r in rows)
     header += (["settings"] if with_settings else []) + \
@@ -96,7 +103,9 @@ def markdown(data: dict[str, Any]) -> str:
         pair = f"{r['teacher']} → {r['student']}" if r["teacher"] else r["student"]
         cells = [f"`{r['method']}`", pair, r["data"], str(r["n"]),
                  _pm(r["best_top1_mean"], r["best_top1_std"]),
-                 _pm(r["last_top1_mean"], r["last_top1_std"]), _signed(r["baseline_diff"]),
+                 _pm(r["last_top1_mean"], r["last_top1_std"]),
+                 *([_pm(r["best_val_top1_mean"], r["best_val_top1_std"])] if with_val else []),
+                 _signed(r["baseline_diff"]),
                  "–" if r["teacher_top1"] is None else f"{r['teacher_top1']:.2f}",
                  "–" if r["wall_seconds_mean"] is None else f"{r['wall_seconds_mean']:.0f}s"]
         if with_settings:
