@@ -23,7 +23,8 @@ from ..engine.guard import NonFiniteError
 from ..errors import ConfigError, KdzooError
 from ..spec import resolve_config
 from .space import Space, describe, nested
-from .study import (counted_trials, default_storage, load_study, make_pruner, open_storage,
+from .study import (counted_trials, default_storage, load_study, make_pruner, make_sampler,
+                    open_storage,
                     optuna_module, owner, recover_interrupted, redacted)
 
 log = logging.getLogger("kdzoo")
@@ -124,8 +125,7 @@ class Search:
         self.name = settings.study_name or study_name(base)
         epochs = trial_epochs(settings, base)
         existing = _trial_count(self.optuna, storage, self.name)
-        sampler = self.optuna.samplers.TPESampler(
-            seed=sampler_seed(settings, base, existing, worker))
+        sampler = make_sampler(sampler_seed(settings, base, existing, worker), settings.n_trials)
         self.study = load_study(storage, self.name, sampler, make_pruner(settings.pruner, epochs),
                                 identity(settings, base))
         self.shared = SharedParts()
