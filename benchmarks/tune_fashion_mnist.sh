@@ -5,7 +5,7 @@
 # dataset-fashion-mnist`. Usage: bash benchmarks/tune_fashion_mnist.sh [OUT_DIR] [TRIALS]
 set -euo pipefail
 OUT=${1:-runs/tune-fashion-mnist}
-TRIALS=${2:-6}
+TRIALS=${2:-10}
 COMMON=(--student resnet8 --data fashion-mnist --set data.train_subset=10000
         --val-split 0.1 --epochs 5 --batch-size 128 --lr 0.1 --set optim.weight_decay=5e-4
         --set optim.schedule=cosine --no-progress)
