@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import KdzooError
 from ..layers import deep_merge
+from .inspect import STATE_FILE
 from .final import best_trial, completed_trials, final_runs, final_table, write_text
 from .search import RunLayers, Search, check_bounds, TuneSettings, study_name, trial_epochs
 from .study import default_storage, open_storage, redacted
@@ -29,7 +30,6 @@ log = logging.getLogger("kdzoo")
 
 #: What ``kdzoo tune`` writes in its folder besides the study, trials/ and final/.
 REPORT_FILE = "tune.md"
-STATE_FILE = "tune.json"
 
 
 @dataclass

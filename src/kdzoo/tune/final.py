@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import SharedParts, fit, read_summary, run_status
+from ..layers import nest
 from ..errors import KdzooError
 from .search import TuneSettings, trial_epochs, tuned_record
-from .space import nested
+from .space import shown
 from .study import optuna_module
 
 log = logging.getLogger("kdzoo")
@@ -54,7 +55,7 @@ def final_runs(settings: TuneSettings, study: Any, storage: str) -> dict[str, li
             folder = settings.out / "final" / f"{kind}-s{seed}"
             on_top: dict[str, Any] = {"seed": seed, "out": str(folder)}
             if kind == "tuned":
-                on_top.update({**nested(best.params), "tuned": record})
+                on_top.update({**nest(best.params), "tuned": record})
             config = settings.run.resolve(on_top)
             status = run_status(folder)
             if status != "finished":
@@ -78,7 +79,7 @@ def final_table(study: Any, finals: dict[str, list[dict]]) -> str:
     """The final runs' test top-1 (mean ± std over seeds; best-on-val and last epoch) as a
     markdown table, tuned next to default, with the tuned settings."""
     best = best_trial(study)
-    settings = ", ".join(f"{k}={_shown(v)}" for k, v in best.params.items())
+    settings = ", ".join(f"{k}={shown(v)}" for k, v in best.params.items())
     rows = ["| settings | seeds | test top-1, best-on-val epoch | test top-1, last epoch | "
             "val top-1 |", "|---|---|---|---|---|"]
     for kind, label in (("tuned", f"tuned (trial {best.number}: {settings})"),
@@ -89,9 +90,6 @@ def final_table(study: Any, finals: dict[str, list[dict]]) -> str:
                     f"{mean_std([r['best_val_top1'] for r in runs])} |")
     return "\n".join(rows)
 
-
-def _shown(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def write_text(path: Path, text: str) -> None:

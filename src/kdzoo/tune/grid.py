@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, KdzooError
-from ..layers import deep_merge
+from ..layers import deep_merge, nest
 from ..zoo.grid import Grid, RunPlan, expand
 from ..zoo.runner import failure_lines, run_grid
 from .search import RunLayers, TuneSettings, trial_epochs, tuned_record
-from .space import build_space, default_space, nested
+from .space import build_space, default_space
 from .study import PRUNERS, default_storage
 from . import tune  # the package's entry point (kdzoo.tune.tune)
 
@@ -118,7 +118,7 @@ def tuned_spec(spec: dict[str, Any], grid: Grid, tuned: dict[str, dict[str, Any]
             data_settings = copy.deepcopy(item.get("data_settings") or {})
             for data, found in per_data.items():
                 data_settings[data] = deep_merge(data_settings.get(data) or {}, deep_merge(
-                    nested(found["params"]), {"tuned": found["tuned"]}))
+                    nest(found["params"]), {"tuned": found["tuned"]}))
             entry["data_settings"] = data_settings
             entries.append(entry)
     spec["methods"] = entries

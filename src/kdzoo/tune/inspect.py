@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KdzooError
+from .space import shown
 from .study import open_storage, optuna_module
 
 STATE_FILE = "tune.json"
@@ -29,9 +30,6 @@ def load_tune_study(folder: str | Path) -> Any:
     return optuna_module().load_study(study_name=state["study"], storage=storage)
 
 
-def _shown(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
 
 def trials_table(study: Any, top: int = 10) -> str:
     """The best ``top`` completed trials (markdown), and what every trial came to."""
@@ -47,7 +45,7 @@ def trials_table(study: Any, top: int = 10) -> str:
              "| rank | trial | val top-1 (best epoch) | epochs | settings |",
              "|---|---|---|---|---|"]
     for rank, trial in enumerate(complete[:top], start=1):
-        settings = ", ".join(f"{k}={_shown(v)}" for k, v in trial.params.items())
+        settings = ", ".join(f"{k}={shown(v)}" for k, v in trial.params.items())
         epochs = max(trial.intermediate_values, default=0)
         lines.append(f"| {rank} | {trial.number} | {trial.value:.2f} | {epochs} | {settings} |")
     pruned = [t for t in study.trials if t.state == state.PRUNED]

@@ -20,9 +20,10 @@ from typing import Any
 from ..config import TrainConfig
 from ..engine import SharedParts, fit, read_metrics
 from ..engine.guard import NonFiniteError
+from ..layers import nest
 from ..errors import ConfigError, KdzooError
 from ..spec import resolve_config
-from .space import Space, describe, nested
+from .space import Space, describe, shown
 from .study import (counted_trials, default_storage, load_study, make_pruner, make_sampler,
                     open_storage,
                     optuna_module, owner, recover_interrupted, redacted)
@@ -98,7 +99,7 @@ def check_bounds(settings: TuneSettings) -> None:
     for key, distribution in settings.space.items():
         for value in distribution.bounds():
             try:
-                settings.run.resolve(nested({key: value}))
+                settings.run.resolve(nest({key: value}))
             except ConfigError as exc:
                 raise ConfigError(f"search space {key}={distribution.text()}: the value "
                                   f"{value!r} is refused ({exc})") from None
@@ -107,7 +108,7 @@ def check_bounds(settings: TuneSettings) -> None:
 def trial_config(settings: TuneSettings, values: dict[str, Any], run_dir: Path) -> TrainConfig:
     """A trial's run spec: the run's settings, the drawn values on top, the trials' epochs,
     the test split never read."""
-    on_top = {**nested(values), "evaluate_test": False, "out": str(run_dir)}
+    on_top = {**nest(values), "evaluate_test": False, "out": str(run_dir)}
     if settings.trial_epochs is not None:
         on_top.setdefault("optim", {})["epochs"] = settings.trial_epochs
     return settings.run.resolve(on_top)
@@ -180,8 +181,8 @@ class Search:
         epoch's validation top-1 to the pruner; returns the best validation top-1."""
         run_dir = Path(config.out or "")
         resume = (run_dir / "checkpoint.pt").is_file()
-        shown = ", ".join(f"{k}={_shown(v)}" for k, v in values.items())
-        log.info("trial %d: %s%s", trial.number, shown,
+        drawn = ", ".join(f"{k}={shown(v)}" for k, v in values.items())
+        log.info("trial %d: %s%s", trial.number, drawn,
                  f" (continues trial {trial.user_attrs['continues']})" if resume else "")
         if resume:
             for record in read_metrics(run_dir):  # the epochs done before the interruption
@@ -210,9 +211,6 @@ def _trial_count(optuna: Any, storage: Any, name: str) -> int:
     except KeyError:  # a new study
         return 0
 
-
-def _shown(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def tuned_record(study: Any, storage: str, space: Space, trial: Any,

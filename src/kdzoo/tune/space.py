@@ -199,16 +199,9 @@ def check_keys(space: Mapping[str, Distribution], config: TrainConfig) -> None:
                               "hyper-parameter or an optimiser setting")
 
 
-def nested(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"method.weight": 2}`` as ``{"method": {"weight": 2}}``."""
-    found: dict[str, Any] = {}
-    for key, value in values.items():
-        node = found
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return found
+def shown(value: Any) -> str:
+    """A drawn value as logs and tables print it (floats to 4 significant digits)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def describe(space: Mapping[str, Distribution]) -> dict[str, str]:
